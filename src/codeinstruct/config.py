@@ -1,0 +1,150 @@
+"""Recipes: YAML validated by a pydantic schema, with dotted `key=value` overrides.
+
+The resolved recipe (after overrides and defaults) is what gets saved in the run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from codeinstruct.errors import CodeinstructError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Strict):
+    # `preset:NAME` (random init, see codeinstruct.modeling.PRESETS), a local HF directory, or a
+    # hub id already in the local cache (nothing is downloaded).
+    source: str
+    # Tokenizer directory; defaults to the model directory. Required for presets.
+    tokenizer: str | None = None
+    # Overrides the checkpoint's dropout (None keeps it; presets default to 0).
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+class DataSection(_Strict):
+    # A JSON/JSONL file of GPTeacher or Alpaca records, or `builtin:stdlib` (the embedded demo data).
+    train: str
+    max_length: int = Field(default=1024, ge=16)
+    overlong: Literal["drop", "truncate"] = "drop"
+    packing: bool = True
+    # Records held out from training (the demo prints answers for them); 0 keeps all.
+    held_out: float = Field(default=0.0, ge=0.0, lt=1.0)
+    limit: int | None = Field(default=None, ge=1)
+
+
+class TrainSection(_Strict):
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=8, ge=1)  # rows (packed sequences or single examples) per micro-batch
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=2e-5, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    log_every: int = Field(default=1, ge=1)
+    save_every: int = Field(default=0, ge=0)  # optimizer steps between checkpoints; 0: none until the end
+    keep_checkpoints: int = Field(default=2, ge=1)
+
+
+class DistributedSection(_Strict):
+    strategy: Literal["none", "fsdp"] = "none"
+    # The card's setup, recorded for planning; the process count comes from torchrun.
+    gpus: int | None = Field(default=None, ge=1)
+
+
+class Recipe(_Strict):
+    name: str
+    seed: int = 0
+    run_dir: str | None = None  # default: runs/<name>
+    model: ModelSection
+    data: DataSection
+    train: TrainSection = TrainSection()
+    distributed: DistributedSection = DistributedSection()
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, bools, null, lists)."""
+    if "=" not in assignment:
+        raise CodeinstructError(f"override '{assignment}': expected key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise CodeinstructError(f"override '{assignment}': bad key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise CodeinstructError(f"override '{assignment}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "recipe"
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{where}: {msg}{more}"
+
+
+def recipe_from_dict(tree: dict, source: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise CodeinstructError(f"{source}: {_describe(e)}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CodeinstructError(f"{path}: no such recipe file") from None
+    except UnicodeDecodeError:
+        raise CodeinstructError(f"{path}: not valid UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        raise CodeinstructError(f"{path}: {line}invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(tree, dict):
+        raise CodeinstructError(f"{path}: a recipe is a YAML mapping")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return recipe_from_dict(tree, str(path))
+
+
+BUNDLED_RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe file, or the name of one bundled with the package (`tiny-cpu`, `starcoder-gpteacher`)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    bundled = BUNDLED_RECIPES / f"{name_or_path}.yaml"
+    if bundled.exists():
+        return bundled
+    known = ", ".join(sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml")))
+    raise CodeinstructError(f"{name_or_path}: no such recipe file or bundled recipe (bundled: {known})")

@@ -1,0 +1,1 @@
+"""Data: instruction records, tokenized SFT examples, packing."""

@@ -1,0 +1,1 @@
+"""Inference: generation from the Alpaca prompt."""

@@ -1,0 +1,345 @@
+"""Supervised fine-tuning: one loop a reader can follow top to bottom.
+
+prepare_sft() reads, validates and tokenizes everything before anything is written, so bad
+input never leaves a half-made run folder. train() then runs AdamW with warmup + decay,
+gradient accumulation whose loss is normalised by the target tokens of the *whole*
+accumulated batch (so every target token weighs the same, whatever micro-batch it fell in),
+clipping, bf16 autocast where the device has it, checkpoints that resume exactly, and writes
+the run folder: config.yaml, metrics.jsonl, loss.png, checkpoints/, final/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from codeinstruct.config import Recipe
+from codeinstruct.data.packing import Batch, collate_packed, collate_padded, pack_examples
+from codeinstruct.data.records import InstructionRecord, load_instruction_data, split_held_out
+from codeinstruct.data.sft import IGNORE_INDEX, SFTExample, TokenizeReport, tokenize_records
+from codeinstruct.errors import CodeinstructError
+from codeinstruct.modeling import load_model, save_hf_directory
+from codeinstruct.tokenizer import resolve_tokenizer
+from codeinstruct.train.checkpoint import load_latest_checkpoint, save_checkpoint
+
+
+@dataclass
+class PreparedData:
+    tokenizer: object
+    examples: list[SFTExample]
+    report: TokenizeReport
+    held_out: list[InstructionRecord] = field(default_factory=list)
+
+
+def prepare_sft(recipe: Recipe) -> PreparedData:
+    """Everything that can fail on the user's input, done before the run folder exists."""
+    tokenizer_spec = recipe.model.tokenizer or recipe.model.source
+    if tokenizer_spec.startswith("preset:"):
+        raise CodeinstructError("model.tokenizer is required when model.source is a preset")
+    tokenizer = resolve_tokenizer(tokenizer_spec)
+    records = load_instruction_data(recipe.data.train)
+    if recipe.data.limit:
+        records = records[: recipe.data.limit]
+    train_records, held_out = split_held_out(records, recipe.data.held_out, recipe.seed)
+    examples, report = tokenize_records(
+        train_records, tokenizer, recipe.data.max_length, recipe.data.overlong, source=recipe.data.train
+    )
+    return PreparedData(tokenizer, examples, report, held_out)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CodeinstructError(f"train.device: unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CodeinstructError("train.device: CUDA requested but no GPU is available")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays (or was asked for); None means plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise CodeinstructError("train.precision=bf16 but this GPU has no bf16 support")
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def batch_loss_sum(model, batch: Batch, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the batch's target tokens (fp32)."""
+    mask = batch.attention_mask
+    if mask.dim() == 4 and model.config._attn_implementation == "eager":
+        # eager attention adds the mask to the scores instead of selecting with it
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+            ~mask, torch.finfo(torch.float32).min
+        )
+    with torch.autocast(batch.input_ids.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids).logits
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def make_rows(examples: list[SFTExample], max_length: int, packing: bool) -> list[list[int]]:
+    if packing:
+        return pack_examples([len(e.input_ids) for e in examples], max_length)
+    return [[i] for i in range(len(examples))]
+
+
+def epoch_micro_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Row indices of each micro-batch of one epoch: a shuffle fixed by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_rows, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n_rows, batch_size)]
+
+
+def collate_rows(examples: list[SFTExample], rows: list[list[int]], row_ids: list[int], packing: bool, pad_id: int) -> Batch:
+    if packing:
+        return collate_packed([[examples[i] for i in rows[r]] for r in row_ids], pad_id)
+    return collate_padded([examples[rows[r][0]] for r in row_ids], pad_id)
+
+
+def _fingerprint(recipe: Recipe, examples: list[SFTExample]) -> str:
+    """Identifies the data order a checkpoint belongs to; resuming with other data is refused."""
+    h = hashlib.sha256()
+    h.update(json.dumps([recipe.seed, recipe.data.max_length, recipe.data.packing, recipe.train.batch_size,
+                         recipe.train.grad_accum, recipe.train.epochs]).encode())
+    for e in examples:
+        h.update(len(e.input_ids).to_bytes(4, "little"))
+        h.update(str(e.input_ids[:8]).encode())
+    return h.hexdigest()[:16]
+
+
+class TrainingObserver:
+    """What the loop reports while it runs; the CLI draws progress from it. Methods are no-ops here."""
+
+    def start(self, total_steps: int, first_step: int) -> None: ...
+
+    def step(self, metrics: dict) -> None: ...
+
+    def checkpoint(self, path: Path) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_dir: Path | None  # None when interrupted
+    steps: int
+    final_loss: float
+    target_tokens: int
+    seconds: float
+    resumed_from: int | None
+    interrupted: bool = False
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(metrics_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _read_metrics(metrics_path)
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per target token)")
+    ax.set_title(out_png.parent.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out_png.with_name(out_png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+def train(
+    recipe: Recipe,
+    data: PreparedData,
+    *,
+    resume: bool = False,
+    observer: TrainingObserver | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    observer = observer or TrainingObserver()
+    cfg = recipe.train
+    run_dir = recipe.resolved_run_dir()
+    ckpt_root = run_dir / "checkpoints"
+    final_dir = run_dir / "final"
+    metrics_path = run_dir / "metrics.jsonl"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CodeinstructError("multi-process (torchrun/FSDP) fine-tuning is not available yet; run one process")
+
+    if run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise CodeinstructError(f"{run_dir}: run folder already exists; pass --resume to continue it, or set run_dir=...")
+    created_run_dir = not run_dir.exists()
+
+    device = pick_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed)
+    model = load_model(
+        recipe.model.source,
+        tokenizer=data.tokenizer,
+        dropout=recipe.model.dropout,
+        attn_implementation=recipe.model.attn_implementation,
+    ).to(device)
+    if len(data.tokenizer) > model.config.vocab_size:
+        raise CodeinstructError(
+            f"tokenizer has {len(data.tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}"
+        )
+    if recipe.data.max_length > model.config.n_positions:
+        raise CodeinstructError(
+            f"data.max_length={recipe.data.max_length} exceeds the model's {model.config.n_positions} positions"
+        )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+
+    examples = data.examples
+    pad_id = data.tokenizer.eos_token_id  # never a target: padded positions carry IGNORE_INDEX
+    rows = make_rows(examples, recipe.data.max_length, recipe.data.packing)
+    micro_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "ln" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+
+    fingerprint = _fingerprint(recipe, examples)
+    step, start_epoch, start_step_in_epoch, tokens_seen = 0, 0, 0, 0
+    resumed_from = None
+    if resume:
+        state = load_latest_checkpoint(ckpt_root, model, optimizer, scheduler)
+        if state is not None:
+            if state["fingerprint"] != fingerprint:
+                raise CodeinstructError(
+                    f"{ckpt_root}: the checkpoint was made with other data or batch settings; resume needs the same recipe"
+                )
+            step, start_epoch, start_step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+            tokens_seen = state["target_tokens"]
+            resumed_from = step
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / "config.yaml", recipe.to_yaml())
+    # Metrics past the resumed checkpoint describe steps that will be redone.
+    kept = [m for m in _read_metrics(metrics_path) if m["step"] <= step]
+    _write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+    if data.held_out:
+        _write_atomic(run_dir / "held_out.jsonl", "".join(
+            json.dumps({"instruction": r.instruction, "input": r.input, "response": r.response}) + "\n"
+            for r in data.held_out
+        ))
+
+    observer.start(total_steps, step)
+    t_start = time.perf_counter()
+    t_window, tokens_window = t_start, 0
+    last_loss = float("nan")
+    checkpoint_written = resumed_from is not None
+
+    def write_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        nonlocal checkpoint_written
+        state = dict(step=step, epoch=epoch, step_in_epoch=step_in_epoch, target_tokens=tokens_seen,
+                     fingerprint=fingerprint, total_steps=total_steps)
+        path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+        checkpoint_written = True
+        plot_loss(metrics_path, run_dir / "loss.png")
+        observer.checkpoint(path)
+
+    try:
+        with metrics_path.open("a") as metrics_file:
+            for epoch in range(start_epoch, cfg.epochs):
+                micro = epoch_micro_batches(len(rows), cfg.batch_size, recipe.seed, epoch)
+                steps = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+                first = start_step_in_epoch if epoch == start_epoch else 0
+                for step_in_epoch in range(first, len(steps)):
+                    batches = [collate_rows(examples, rows, ids, recipe.data.packing, pad_id) for ids in steps[step_in_epoch]]
+                    n_targets = sum(b.n_targets for b in batches)
+                    loss_total = 0.0
+                    for batch in batches:
+                        loss_sum = batch_loss_sum(model, batch.to(device), amp_dtype)
+                        (loss_sum / n_targets).backward()
+                        loss_total += loss_sum.item()
+                    if cfg.max_grad_norm is not None:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                    else:
+                        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    tokens_seen += n_targets
+                    tokens_window += n_targets
+                    last_loss = loss_total / n_targets
+
+                    now = time.perf_counter()
+                    metrics = dict(step=step, epoch=epoch + (step_in_epoch + 1) / len(steps), loss=round(last_loss, 6),
+                                   lr=lr, grad_norm=round(grad_norm, 6), target_tokens=tokens_seen,
+                                   tokens_per_s=round(tokens_window / max(now - t_window, 1e-9), 1),
+                                   elapsed_s=round(now - t_start, 3))
+                    if step % cfg.log_every == 0 or step == total_steps:
+                        metrics_file.write(json.dumps(metrics) + "\n")
+                        metrics_file.flush()
+                        t_window, tokens_window = now, 0
+                    observer.step(metrics)
+                    at_epoch_end = step_in_epoch + 1 == len(steps)
+                    if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                        write_checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch + 1)
+                    if should_stop is not None and should_stop() and step < total_steps:
+                        if not (cfg.save_every and step % cfg.save_every == 0):
+                            write_checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch + 1)
+                        return TrainResult(run_dir, None, step, last_loss, tokens_seen,
+                                           time.perf_counter() - t_start, resumed_from, interrupted=True)
+        model.eval()
+        save_hf_directory(model, data.tokenizer, final_dir)
+        plot_loss(metrics_path, run_dir / "loss.png")
+    except BaseException:
+        # A run that never reached a checkpoint holds nothing to resume: leave no half-made folder.
+        if created_run_dir and not checkpoint_written:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return TrainResult(run_dir, final_dir, step, last_loss, tokens_seen, time.perf_counter() - t_start, resumed_from)
