@@ -96,6 +96,22 @@ def batch_loss_sum(model, batch: Batch, amp_dtype: torch.dtype | None) -> torch.
     )
 
 
+def accumulate_gradients(model, batches: list[Batch], device, amp_dtype) -> tuple[float, int]:
+    """Backward over the micro-batches of one optimizer step; returns (loss per target token, targets).
+
+    Each micro-batch's summed loss is divided by the target count of the whole step, so the
+    gradient is that of one big batch: a mean of per-micro-batch means would overweight the
+    tokens of short micro-batches.
+    """
+    n_targets = sum(b.n_targets for b in batches)
+    total = 0.0
+    for batch in batches:
+        loss_sum = batch_loss_sum(model, batch.to(device), amp_dtype)
+        (loss_sum / n_targets).backward()
+        total += loss_sum.item()
+    return total / n_targets, n_targets
+
+
 def make_rows(examples: list[SFTExample], max_length: int, packing: bool) -> list[list[int]]:
     if packing:
         return pack_examples([len(e.input_ids) for e in examples], max_length)
@@ -297,12 +313,7 @@ def train(
                 first = start_step_in_epoch if epoch == start_epoch else 0
                 for step_in_epoch in range(first, len(steps)):
                     batches = [collate_rows(examples, rows, ids, recipe.data.packing, pad_id) for ids in steps[step_in_epoch]]
-                    n_targets = sum(b.n_targets for b in batches)
-                    loss_total = 0.0
-                    for batch in batches:
-                        loss_sum = batch_loss_sum(model, batch.to(device), amp_dtype)
-                        (loss_sum / n_targets).backward()
-                        loss_total += loss_sum.item()
+                    last_loss, n_targets = accumulate_gradients(model, batches, device, amp_dtype)
                     if cfg.max_grad_norm is not None:
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
                     else:
@@ -314,7 +325,6 @@ def train(
                     step += 1
                     tokens_seen += n_targets
                     tokens_window += n_targets
-                    last_loss = loss_total / n_targets
 
                     now = time.perf_counter()
                     metrics = dict(step=step, epoch=epoch + (step_in_epoch + 1) / len(steps), loss=round(last_loss, 6),
