@@ -28,8 +28,10 @@ Why the loss comparison is fair
   that it takes about as many optimizer steps as the padded runs, i.e. about the same target tokens
   per step; the table prints tokens/step so a reader can check. All runs see every record once.
   Records that do not fit max_length are removed beforehand (codeinstruct would drop them, TRL would
-  truncate them), so all three train on exactly the same examples. The data order differs between
-  TRL and codeinstruct (each shuffles with its own generator), which moves the loss a little.
+  truncate them), so all three train on exactly the same examples. Each trainer shuffles with its own
+  generator; the script reports whether TRL's batches came out identical to codeinstruct's padded ones
+  (with seed 0 they do: both take torch.randperm from a generator seeded with 0), in which case those
+  two runs do the same arithmetic and any loss gap between them comes from the trainers themselves.
   The loss compared is the held-out loss: each final model is scored by ONE function (below,
   `heldout_loss`) on the same records that no run trained on: token-weighted mean cross-entropy
   over response + EOS tokens, one unpadded example at a time, eval mode. The last steps' training
@@ -81,6 +83,9 @@ class RunResult:
     last_steps: int
     heldout_loss: float = float("nan")
     init_fingerprint: float = float("nan")
+    # CPU seconds this process used / (wall seconds x torch threads) while training: well below ~0.9
+    # means other processes took cores away and the wall-clock numbers are not trustworthy.
+    cpu_share: float = float("nan")
     notes: dict = field(default_factory=dict)
 
     @property
@@ -164,6 +169,15 @@ def param_fingerprint(model) -> float:
         return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
 
 
+def warm_up(preset: str, tokenizer, max_length: int) -> None:
+    """One throwaway forward/backward, so first-call costs (kernel selection, allocator growth,
+    lazy imports) are not charged to whichever run happens to go first."""
+    torch.manual_seed(SEED)
+    model = load_model(f"preset:{preset}", tokenizer=tokenizer)
+    ids = torch.randint(0, len(tokenizer), (4, max_length))
+    model(input_ids=ids, labels=ids).loss.backward()
+
+
 def weighted_tail(losses: list[float], tokens: list[int], k: int) -> float:
     lo, tok = losses[-k:], tokens[-k:]
     return sum(l * t for l, t in zip(lo, tok)) / sum(tok)
@@ -229,10 +243,12 @@ def run_codeinstruct(label: str, recipe, eval_examples) -> RunResult:
         return model
 
     ci_loop.load_model = fingerprinting_load_model
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
         result = ci_loop.train(recipe, data)
     finally:
         ci_loop.load_model = original_load_model
+    share = (time.process_time() - cpu) / ((time.perf_counter() - wall) * torch.get_num_threads())
 
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == result.steps == planned_steps, (len(metrics), result.steps, planned_steps)
@@ -253,6 +269,7 @@ def run_codeinstruct(label: str, recipe, eval_examples) -> RunResult:
         last_steps=k,
         heldout_loss=heldout_loss(model, eval_examples),
         init_fingerprint=seen["init"],
+        cpu_share=share,
         notes={"train_result_seconds_incl_save_and_plot": round(result.seconds, 3),
                "examples": len(data.examples)},
     )
@@ -268,10 +285,12 @@ class CountingCollator:
     def __init__(self, inner, eos_id: int):
         self.inner, self.eos_id = inner, eos_id
         self.step_targets: list[int] = []
+        self.batches: list[list[list[int]]] = []  # input ids of each batch, to compare the data order
         self.real = self.computed = self.rows = self.eos_labelled = 0
 
     def __call__(self, features):
         batch = self.inner(features)
+        self.batches.append([list(f["input_ids"]) for f in features])
         labels, mask = batch["labels"], batch["attention_mask"]
         # The model shifts labels by one; position 0 is never a target.
         self.step_targets.append(int((labels[:, 1:] != IGNORE_INDEX).sum()))
@@ -334,7 +353,9 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
         # TRL's own defaults are bf16=True and gradient_checkpointing=True; the comparison is fp32, no recompute.
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,
+        # transformers pads to a multiple of 8 only when asked; TRL's default (no rounding) is kept, which
+        # gives TRL slightly less padding than codeinstruct's multiple-of-8 widths.
+        activation_checkpointing=False,  # the new name of gradient_checkpointing in transformers 5
         max_length=args.max_length,
         packing=False,
         padding_free=False,
@@ -353,6 +374,7 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
     init = param_fingerprint(model)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=trl_tokenizer)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the table is the output
+    assert not trainer.args.gradient_checkpointing and not trainer.args.bf16
 
     # What TRL will train on must be what codeinstruct trains on, token for token.
     prepared = trainer.train_dataset
@@ -366,15 +388,23 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
     counter = CountingCollator(trainer.data_collator, eos_id)
     trainer.data_collator = counter
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.train()
     seconds = time.perf_counter() - start
+    share = (time.process_time() - cpu) / (seconds * torch.get_num_threads())
 
     logged = [h for h in trainer.state.log_history if "loss" in h]
     losses = [h["loss"] for h in logged]
     assert len(losses) == len(counter.step_targets) == trainer.state.global_step, (
         len(losses), len(counter.step_targets), trainer.state.global_step)
     k = max(1, trainer.state.global_step // 10)
+    # Did TRL see the examples in the same batches as codeinstruct's padded run? (Both draw a torch
+    # randperm from a generator seeded with 0, so they may well coincide; this says whether they did.)
+    index = {}
+    for i, e in enumerate(train_examples):
+        index.setdefault(tuple(e.input_ids), i)
+    trl_order = [[index[tuple(ids)] for ids in batch] for batch in counter.batches]
+    ci_order = ci_loop.epoch_micro_batches(len(train_examples), args.batch_size, SEED, 0)
     masked, total = legacy_collator_masks_eos(trl_tokenizer, train_examples[:64])
     return RunResult(
         name=label,
@@ -388,8 +418,10 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
         last_steps=k,
         heldout_loss=heldout_loss(trainer.model, eval_examples),
         init_fingerprint=init,
+        cpu_share=share,
         notes={
             "tokenization_mismatches_vs_codeinstruct": mismatched,
+            "same_batches_as_codeinstruct_padding": trl_order == ci_order,
             "examples_with_eos_count": {str(c): eos_counts.count(c) for c in sorted(set(eos_counts))},
             "examples_ending_in_labelled_eos": eos_last_labelled,
             "rows_whose_last_real_label_is_eos_in_batches": f"{counter.eos_labelled}/{counter.rows}",
@@ -439,7 +471,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # model save/load bars would interleave with the report
+
     t_total = time.perf_counter()
+    load_before = os.getloadavg()[0]
     raw, source = load_raw_records(args.data, args.records, args.eval_records)
     records = records_from_dicts(raw, source)
     tokenizer = train_tokenizer([full_text(r) for r in records], vocab_size=args.vocab)
@@ -466,6 +504,7 @@ def main() -> None:
               f"padded batch {args.batch_size} examples; packed batch {packed_bs} rows of <= {args.max_length} "
               f"tokens ({n_rows} rows in all)")
 
+        warm_up(args.preset, tokenizer, args.max_length)
         runs = []
         for label, packing, bs in (("codeinstruct packing", True, packed_bs), ("codeinstruct padding", False, args.batch_size)):
             recipe = codeinstruct_recipe(tmp, label.replace(" ", "-"), data_file, tok_dir, args, packing, bs)
@@ -484,11 +523,17 @@ def main() -> None:
           + f"; TRL prepared dataset {trl.notes['target_tokens_in_prepared_dataset']:,}"
           + (" -> equal" if len({ours_targets, trl.notes['target_tokens_in_prepared_dataset'], *(r.target_tokens for r in runs)}) == 1 else " -> DIFFERENT"))
     print(f"initial weights identical across runs: {same_init}")
+    shares = ", ".join(f"{r.name} {r.cpu_share:.2f}" for r in runs)
+    print(f"CPU share while training (this process's CPU time / wall time x {torch.get_num_threads()} threads): {shares}; "
+          f"1-min load average before start {load_before:.1f}")
+    if load_before > 0.5 or min(r.cpu_share for r in runs) < 0.75:
+        print("WARNING: other processes were using the CPU; the timings above are not reliable, run again on an idle machine")
     print(f"TRL: pad_token={trl.notes['pad_token']!r} (id {trl.notes['pad_token_id']}) = EOS (id {trl.notes['eos_token_id']}); "
           f"tokenization mismatches vs codeinstruct: {trl.notes['tokenization_mismatches_vs_codeinstruct']}; "
           f"EOS per example: {trl.notes['examples_with_eos_count']}; examples ending in a labelled EOS: "
           f"{trl.notes['examples_ending_in_labelled_eos']}/{len(train_examples)}; in the trained batches: "
           f"{trl.notes['rows_whose_last_real_label_is_eos_in_batches']}")
+    print(f"     same batches, in the same order, as codeinstruct padding: {trl.notes['same_batches_as_codeinstruct_padding']}")
     print(f"     transformers' DataCollatorForLanguageModeling with the same tokenizer would mask "
           f"{trl.notes['legacy_DataCollatorForLanguageModeling_masks_eos']} EOS labels (pad == EOS pitfall)")
 
@@ -513,6 +558,7 @@ def main() -> None:
             "same_initial_weights": same_init,
             "claim_holds": verdict == "holds",
             "total_seconds": total,
+            "load_average_before_start": load_before,
         }
         args.json.write_text(json.dumps(payload, indent=2))
 

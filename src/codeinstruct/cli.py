@@ -97,14 +97,25 @@ def data_preview(
         raise CodeinstructError(f"{file}: --index {index} is out of range (1..{len(records)})")
     tok = load_tokenizer(tokenizer)
     [example], _ = tokenize_records([records[index - 1]], tok, max_length=10**9, source=str(file))
+    # The trained span (response + EOS) is enclosed in « » so it shows without colour too; in a
+    # terminal its tokens alternate two shades of green, so token boundaries are visible.
     text = Text()
-    for token_id, label in zip(example.input_ids, example.labels):
+    trained_started = False
+    for k, (token_id, label) in enumerate(zip(example.input_ids, example.labels)):
         piece = tok.decode([token_id])
-        text.append(piece, style="bold black on green" if label != IGNORE_INDEX else "dim")
+        if label == IGNORE_INDEX:
+            text.append(piece, style="dim")
+            continue
+        if not trained_started:
+            text.append("«", style="bold")
+            trained_started = True
+        text.append(piece, style="black on green" if k % 2 else "black on bright_green")
+    text.append("»", style="bold")
     console.print(text)
     console.print(
-        f"\n[dim]prompt (masked) tokens: {example.labels.count(IGNORE_INDEX)}[/]   "
-        f"[bold green]trained tokens (response + EOS): {example.n_targets}[/]"
+        f"\nprompt tokens (masked, no loss): {example.labels.count(IGNORE_INDEX)}   "
+        f"trained tokens «response + EOS»: {example.n_targets}",
+        highlight=False,
     )
 
 
@@ -280,6 +291,8 @@ def demo(
 
     recipe = load_recipe(recipe_path("tiny-cpu"), [f"run_dir={run_dir}", *(overrides or [])])
     if run_dir.exists():
+        if any(run_dir.iterdir()) and not (run_dir / "config.yaml").exists():
+            raise CodeinstructError(f"{run_dir}: exists and is not a run folder; choose another --run-dir")
         shutil.rmtree(run_dir)  # the demo always starts fresh
     result = run_finetune(recipe, resume=False)
     model, tok = load_for_inference(result.final_dir)
