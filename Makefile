@@ -9,7 +9,6 @@ BIN    := $(VENV)/bin
 
 $(BIN)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	# the pinned CPU build first, so nothing below pulls a multi-GB CUDA build over it
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"

@@ -95,6 +95,8 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, tokenizer_dir, eight_r
 
     with pytest.raises(CodeinstructError, match="already exists"):
         train(recipe, prepare_sft(recipe))
+    with pytest.raises(CodeinstructError, match="already finished"):
+        train(recipe, prepare_sft(recipe), resume=True)
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tokenizer_dir, eight_records):
@@ -137,3 +139,36 @@ def test_stale_partial_checkpoint_is_ignored(tmp_path, tokenizer_dir, eight_reco
     shutil.rmtree(tmp_path / "run" / "final")
     result = train(recipe, prepare_sft(recipe), resume=True)
     assert result.resumed_from == 4 and not (ckpts / "step-99.tmp").exists()
+
+
+def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path, tokenizer_dir, eight_records):
+    data = write_json(tmp_path / "d.json", eight_records)
+    plain = _recipe(tmp_path, data, tokenizer_dir, "plain", epochs=2, save_every=0)
+    ckpt = _recipe(tmp_path, data, tokenizer_dir, "ckpt", epochs=2, save_every=0, gradient_checkpointing=True)
+    bf16 = _recipe(tmp_path, data, tokenizer_dir, "bf16", epochs=2, save_every=0, precision="bf16")
+    results = {name: train(r, prepare_sft(r)) for name, r in [("plain", plain), ("ckpt", ckpt), ("bf16", bf16)]}
+    # recomputing activations changes nothing in fp32; bf16 trains to a nearby loss
+    assert abs(results["ckpt"].final_loss - results["plain"].final_loss) < 1e-4
+    assert abs(results["bf16"].final_loss - results["plain"].final_loss) < 0.1 * results["plain"].final_loss
+    assert results["bf16"].final_loss != results["plain"].final_loss
+
+
+def test_ctrl_c_checkpoints_then_resume_finishes(tmp_path, tokenizer_dir, eight_records):
+    data = write_json(tmp_path / "d.json", eight_records)
+    recipe = _recipe(tmp_path, data, tokenizer_dir, "int", epochs=20, batch_size=1, save_every=0)
+    recipe_file = tmp_path / "int.yaml"
+    recipe_file.write_text(recipe.to_yaml())
+    proc = subprocess.Popen([sys.executable, "-m", "codeinstruct", "finetune", str(recipe_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "int" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "--resume" in out and "Traceback" not in out
+    checkpoints = list((tmp_path / "int" / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and not (tmp_path / "int" / "final").exists()
+    result = train(recipe, prepare_sft(recipe), resume=True)
+    assert result.resumed_from == int(checkpoints[0].name.split("-")[1]) and result.steps == 160

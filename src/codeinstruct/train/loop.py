@@ -217,6 +217,8 @@ def train(
 
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise CodeinstructError(f"{run_dir}: run folder already exists; pass --resume to continue it, or set run_dir=...")
+    if resume and final_dir.exists():
+        raise CodeinstructError(f"{run_dir}: this run already finished (final/ exists); nothing to resume")
     created_run_dir = not run_dir.exists()
 
     device = pick_device(cfg.device)
@@ -238,7 +240,9 @@ def train(
             f"data.max_length={recipe.data.max_length} exceeds the model's {model.config.n_positions} positions"
         )
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # renamed in transformers 5; the old name warns
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.config.use_cache = False
     model.train()
 
