@@ -30,14 +30,19 @@ class ModelSection(_Strict):
 
 
 class DataSection(_Strict):
-    # A JSON/JSONL file of GPTeacher or Alpaca records, or `builtin:stdlib` (the embedded demo data).
-    train: str
+    # finetune: a JSON/JSONL file of GPTeacher or Alpaca records, or `builtin:stdlib` (the embedded demo data).
+    # pretrain: code sources (directories, JSONL of {content, repo, path, license}, `builtin:stdlib`).
+    train: str | list[str]
     max_length: int = Field(default=1024, ge=16)
     overlong: Literal["drop", "truncate"] = "drop"
     packing: bool = True
     # Records held out from training (the demo prints answers for them); 0 keeps all.
     held_out: float = Field(default=0.0, ge=0.0, lt=1.0)
     limit: int | None = Field(default=None, ge=1)
+    # pretrain only: Fill-in-the-Middle rates (StarCoder used 0.5 and 0.5) and which files to read.
+    fim_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    fim_spm_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    include: list[str] | None = None
 
 
 class TrainSection(_Strict):

@@ -7,7 +7,17 @@ and the prompt the model sees at inference is exactly the prefix it was trained 
 BPE pre-tokenizers (GPT-2's and StarCoder's) never merge `:` with a following newline, so
 the tokens of the prompt alone are a prefix of the tokens of prompt + target;
 `codeinstruct.data.sft` checks this for every example instead of assuming it.
+
+Fill-in-the-Middle prompts use StarCoder's control tokens (see codeinstruct.data.fim for how
+pretraining produces them):
+
+    PSM: <fim_prefix> prefix <fim_suffix> suffix <fim_middle>   -> the model writes the middle
+    SPM: <fim_prefix><fim_suffix> suffix <fim_middle> prefix     -> the model writes the middle
 """
+
+from dataclasses import dataclass
+
+from codeinstruct.errors import CodeinstructError
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -45,3 +55,41 @@ def extract_response(generated: str) -> str:
         if cut != -1:
             generated = generated[:cut].rstrip()
     return generated
+
+
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    prefix: int
+    middle: int
+    suffix: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "FimTokens":
+        ids = {}
+        for name in (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD):
+            token_id = tokenizer.convert_tokens_to_ids(name)
+            if token_id is None or token_id == tokenizer.unk_token_id and name != tokenizer.unk_token:
+                raise CodeinstructError(f"the tokenizer has no {name} token; FIM needs StarCoder's special tokens")
+            ids[name] = token_id
+        return cls(ids[FIM_PREFIX], ids[FIM_MIDDLE], ids[FIM_SUFFIX], ids[FIM_PAD])
+
+    @property
+    def all(self) -> tuple[int, ...]:
+        return (self.prefix, self.middle, self.suffix, self.pad)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of user/document text; text such as "<fim_middle>" stays text, never a control token."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+
+
+def fim_prompt_ids(tokenizer, prefix: str, suffix: str, spm: bool = False, tokens: FimTokens | None = None) -> list[int]:
+    """The tokens before the middle: what training put there, and what inference feeds the model."""
+    t = tokens or FimTokens.from_tokenizer(tokenizer)
+    if spm:
+        return [t.prefix, t.suffix, *encode_text(tokenizer, suffix), t.middle, *encode_text(tokenizer, prefix)]
+    return [t.prefix, *encode_text(tokenizer, prefix), t.suffix, *encode_text(tokenizer, suffix), t.middle]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from codeinstruct.data.packing import collate_packed, collate_padded, pack_examples
-from codeinstruct.data.sft import IGNORE_INDEX, SFTExample
+from codeinstruct.data.sft import IGNORE_INDEX, TokenizedExample
 from codeinstruct.modeling import preset_config
 
 
@@ -36,7 +36,7 @@ def _random_examples(n, vocab, seed=0):
         length = rng.randint(5, 40)
         ids = [rng.randrange(vocab) for _ in range(length)]
         n_prompt = rng.randint(1, length - 1)
-        out.append(SFTExample(ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]))
+        out.append(TokenizedExample(ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]))
     return out
 
 
@@ -99,8 +99,8 @@ def test_packed_loss_equals_token_weighted_unpacked_loss(tiny_model):
 
 
 def test_targets_never_cross_example_boundaries():
-    a = SFTExample([1, 2, 3], [IGNORE_INDEX, 2, 3])
-    b = SFTExample([4, 5, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, 6, 7])
+    a = TokenizedExample([1, 2, 3], [IGNORE_INDEX, 2, 3])
+    b = TokenizedExample([4, 5, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, 6, 7])
     batch = collate_packed([[a, b]], pad_id=0, pad_to_multiple=8)
     assert batch.targets[0].tolist() == [2, 3, IGNORE_INDEX, IGNORE_INDEX, 6, 7, IGNORE_INDEX, IGNORE_INDEX]
     assert batch.position_ids[0].tolist() == [0, 1, 2, 0, 1, 2, 3, 0]

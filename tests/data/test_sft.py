@@ -27,13 +27,14 @@ def test_labels_mask_exactly_the_prompt_and_train_response_plus_eos(tokenizer, e
         assert ex.n_targets == len(ex.input_ids) - n_prompt
 
 
-def test_eos_in_the_response_text_is_not_masked(tokenizer):
-    # A response that itself mentions the EOS token: its id must stay a target, as must the final EOS.
+def test_special_token_text_in_a_record_is_text_and_the_final_eos_is_trained(tokenizer):
+    # A response that mentions the EOS token as text must not teach the model to stop there.
     record = InstructionRecord("Print the end token.", "", "print('<|endoftext|>')")
     [ex], _ = tokenize_records([record], tokenizer, max_length=1024)
     eos = tokenizer.eos_token_id
-    target_eos = [i for i, lab in enumerate(ex.labels) if lab == eos]
-    assert len(target_eos) >= 1 and ex.labels[-1] == eos
+    assert [i for i, token in enumerate(ex.input_ids) if token == eos] == [len(ex.input_ids) - 1]
+    assert ex.labels[-1] == eos
+    assert tokenizer.decode(ex.input_ids[:-1]).endswith("print('<|endoftext|>')")
 
 
 def test_both_templates_are_used(tokenizer, eight_records):

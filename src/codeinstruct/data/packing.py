@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codeinstruct.data.sft import IGNORE_INDEX, SFTExample
+from codeinstruct.data.sft import IGNORE_INDEX, TokenizedExample
 
 
 def pack_examples(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -62,7 +62,7 @@ class Batch:
         )
 
 
-def _shifted_targets(example: SFTExample) -> list[int]:
+def _shifted_targets(example: TokenizedExample) -> list[int]:
     return example.labels[1:] + [IGNORE_INDEX]
 
 
@@ -70,7 +70,7 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def collate_packed(rows: Sequence[Sequence[SFTExample]], pad_id: int, pad_to_multiple: int = 8) -> Batch:
+def collate_packed(rows: Sequence[Sequence[TokenizedExample]], pad_id: int, pad_to_multiple: int = 8) -> Batch:
     """Rows of examples -> one batch with a block-diagonal causal mask per row."""
     width = _round_up(max(sum(len(e.input_ids) for e in row) for row in rows), pad_to_multiple)
     b = len(rows)
@@ -95,7 +95,7 @@ def collate_packed(rows: Sequence[Sequence[SFTExample]], pad_id: int, pad_to_mul
     return Batch(input_ids, targets, position_ids, mask[:, None], n_targets)
 
 
-def collate_padded(examples: Sequence[SFTExample], pad_id: int, pad_to_multiple: int = 8) -> Batch:
+def collate_padded(examples: Sequence[TokenizedExample], pad_id: int, pad_to_multiple: int = 8) -> Batch:
     """One example per row, right-padded; the model builds its usual causal mask from the 2-D mask."""
     width = _round_up(max(len(e.input_ids) for e in examples), pad_to_multiple)
     b = len(examples)

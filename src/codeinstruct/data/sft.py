@@ -21,7 +21,7 @@ Overlong = Literal["drop", "truncate"]
 
 
 @dataclass(frozen=True)
-class SFTExample:
+class TokenizedExample:
     input_ids: list[int]
     labels: list[int]  # aligned with input_ids: IGNORE_INDEX over the prompt
 
@@ -45,7 +45,7 @@ def tokenize_records(
     max_length: int,
     overlong: Overlong = "drop",
     source: str = "<data>",
-) -> tuple[list[SFTExample], TokenizeReport]:
+) -> tuple[list[TokenizedExample], TokenizeReport]:
     if overlong not in ("drop", "truncate"):
         raise CodeinstructError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
     eos = tokenizer.eos_token_id
@@ -53,8 +53,10 @@ def tokenize_records(
         raise CodeinstructError("the tokenizer has no EOS token")
     prompts = [format_prompt(r.instruction, r.input) for r in records]
     fulls = [p + format_target(r.response) for p, r in zip(prompts, records)]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
+    # split_special_tokens: text such as "<|endoftext|>" inside a record is text, not a control token;
+    # otherwise a response that mentions it would teach the model to stop mid-answer.
+    prompt_ids = tokenizer(prompts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    full_ids = tokenizer(fulls, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     report = TokenizeReport(records=len(records))
     examples = []
@@ -74,7 +76,7 @@ def tokenize_records(
             ids = ids[:max_length]
             report.truncated += 1
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-        examples.append(SFTExample(ids, labels))
+        examples.append(TokenizedExample(ids, labels))
     report.kept = len(examples)
     if not examples:
         raise CodeinstructError(f"{source}: no record fits max_length={max_length} tokens")

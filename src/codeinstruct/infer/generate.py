@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from codeinstruct.errors import CodeinstructError
-from codeinstruct.prompts import STOP_STRINGS, extract_response, format_prompt
+from codeinstruct.prompts import STOP_STRINGS, FimTokens, extract_response, fim_prompt_ids, format_prompt
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,14 @@ def load_for_inference(model_dir: str | Path, device: str = "auto"):
 @torch.inference_mode()
 def generate_text(model, tokenizer, prompt: str, settings: SamplingSettings = SamplingSettings()) -> str:
     """The raw continuation of `prompt` (special tokens removed), stopped at EOS or a stop string."""
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=True, return_tensors="pt")["input_ids"]
+    return decode_continuation(model, tokenizer, ids, settings, stop_strings=STOP_STRINGS)
+
+
+@torch.inference_mode()
+def decode_continuation(model, tokenizer, ids: torch.Tensor, settings: SamplingSettings, stop_strings=(), stop_ids=()) -> str:
+    """Decode after prompt ids [1, T] until EOS, a stop id or a stop string; the new text without special tokens."""
+    ids = ids.to(model.device)
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     max_new = settings.max_new_tokens
     if limit is not None:
@@ -60,9 +67,9 @@ def generate_text(model, tokenizer, prompt: str, settings: SamplingSettings = Sa
         ids,
         attention_mask=torch.ones_like(ids),
         max_new_tokens=max_new,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, *stop_ids],
         pad_token_id=tokenizer.eos_token_id,
-        stop_strings=list(STOP_STRINGS),
+        stop_strings=list(stop_strings) or None,
         tokenizer=tokenizer,
         **kwargs,
     )
@@ -72,3 +79,11 @@ def generate_text(model, tokenizer, prompt: str, settings: SamplingSettings = Sa
 def generate_response(model, tokenizer, instruction: str, input: str = "", settings: SamplingSettings = SamplingSettings()) -> str:
     """The answer to one instruction, as the user sees it."""
     return extract_response(generate_text(model, tokenizer, format_prompt(instruction, input), settings))
+
+
+def complete_middle(model, tokenizer, prefix: str, suffix: str, spm: bool = False,
+                    settings: SamplingSettings = SamplingSettings()) -> str:
+    """Fill-in-the-Middle: the code between `prefix` and `suffix`, stopped at EOS or any FIM token."""
+    tokens = FimTokens.from_tokenizer(tokenizer)
+    ids = torch.tensor([fim_prompt_ids(tokenizer, prefix, suffix, spm, tokens)])
+    return decode_continuation(model, tokenizer, ids, settings, stop_ids=tokens.all)

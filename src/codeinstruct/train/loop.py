@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from codeinstruct.config import Recipe
 from codeinstruct.data.packing import Batch, collate_packed, collate_padded, pack_examples
 from codeinstruct.data.records import InstructionRecord, load_instruction_data, split_held_out
-from codeinstruct.data.sft import IGNORE_INDEX, SFTExample, TokenizeReport, tokenize_records
+from codeinstruct.data.sft import IGNORE_INDEX, TokenizedExample, tokenize_records
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.modeling import load_model, save_hf_directory
 from codeinstruct.tokenizer import resolve_tokenizer
@@ -37,9 +37,14 @@ from codeinstruct.train.checkpoint import load_latest_checkpoint, save_checkpoin
 @dataclass
 class PreparedData:
     tokenizer: object
-    examples: list[SFTExample]
-    report: TokenizeReport
+    examples: list[TokenizedExample]  # epoch 0's (every epoch's, unless examples_for_epoch is set)
+    report: object  # TokenizeReport (finetune) or CorpusReport (pretrain), for the CLI to show
     held_out: list[InstructionRecord] = field(default_factory=list)
+    # Pretraining redraws FIM each epoch; the row count must stay that of epoch 0.
+    examples_for_epoch: Callable[[int], list[TokenizedExample]] | None = None
+
+    def epoch_examples(self, epoch: int) -> list[TokenizedExample]:
+        return self.examples if self.examples_for_epoch is None or epoch == 0 else self.examples_for_epoch(epoch)
 
 
 def prepare_sft(recipe: Recipe) -> PreparedData:
@@ -47,6 +52,8 @@ def prepare_sft(recipe: Recipe) -> PreparedData:
     tokenizer_spec = recipe.model.tokenizer or recipe.model.source
     if tokenizer_spec.startswith("preset:"):
         raise CodeinstructError("model.tokenizer is required when model.source is a preset")
+    if not isinstance(recipe.data.train, str):
+        raise CodeinstructError("data.train: fine-tuning reads one instruction file")
     tokenizer = resolve_tokenizer(tokenizer_spec)
     records = load_instruction_data(recipe.data.train)
     if recipe.data.limit:
@@ -56,6 +63,31 @@ def prepare_sft(recipe: Recipe) -> PreparedData:
         train_records, tokenizer, recipe.data.max_length, recipe.data.overlong, source=recipe.data.train
     )
     return PreparedData(tokenizer, examples, report, held_out)
+
+
+def prepare_pretrain(recipe: Recipe) -> PreparedData:
+    """Corpus -> tokens with FIM -> blocks of data.max_length, all before the run folder exists."""
+    from codeinstruct.data.corpus import read_corpus
+    from codeinstruct.data.pretrain import pretraining_blocks
+
+    if not recipe.model.tokenizer:
+        raise CodeinstructError("model.tokenizer is required for pretraining (train one with `codeinstruct tokenizer train`)")
+    tokenizer = resolve_tokenizer(recipe.model.tokenizer)
+    sources = [recipe.data.train] if isinstance(recipe.data.train, str) else recipe.data.train
+    documents, report = read_corpus(sources, include=recipe.data.include)
+    if recipe.data.limit:
+        documents = documents[: recipe.data.limit]
+    if not documents:
+        raise CodeinstructError(f"data.train: no documents found in {', '.join(sources)}")
+    texts = [d.content for d in documents]
+    d = recipe.data
+
+    def blocks(epoch: int, n_blocks: int | None = None) -> list[TokenizedExample]:
+        return pretraining_blocks(texts, tokenizer, d.max_length, fim_rate=d.fim_rate, fim_spm_rate=d.fim_spm_rate,
+                                  seed=recipe.seed, epoch=epoch, n_blocks=n_blocks)
+
+    first = blocks(0)
+    return PreparedData(tokenizer, first, report, examples_for_epoch=lambda epoch: blocks(epoch, len(first)))
 
 
 def pick_device(name: str) -> torch.device:
@@ -112,7 +144,7 @@ def accumulate_gradients(model, batches: list[Batch], device, amp_dtype) -> tupl
     return total / n_targets, n_targets
 
 
-def make_rows(examples: list[SFTExample], max_length: int, packing: bool) -> list[list[int]]:
+def make_rows(examples: list[TokenizedExample], max_length: int, packing: bool) -> list[list[int]]:
     if packing:
         return pack_examples([len(e.input_ids) for e in examples], max_length)
     return [[i] for i in range(len(examples))]
@@ -125,13 +157,13 @@ def epoch_micro_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> 
     return [order[i : i + batch_size] for i in range(0, n_rows, batch_size)]
 
 
-def collate_rows(examples: list[SFTExample], rows: list[list[int]], row_ids: list[int], packing: bool, pad_id: int) -> Batch:
+def collate_rows(examples: list[TokenizedExample], rows: list[list[int]], row_ids: list[int], packing: bool, pad_id: int) -> Batch:
     if packing:
         return collate_packed([[examples[i] for i in rows[r]] for r in row_ids], pad_id)
     return collate_padded([examples[rows[r][0]] for r in row_ids], pad_id)
 
 
-def _fingerprint(recipe: Recipe, examples: list[SFTExample]) -> str:
+def _fingerprint(recipe: Recipe, examples: list[TokenizedExample]) -> str:
     """Identifies the data order a checkpoint belongs to; resuming with other data is refused."""
     h = hashlib.sha256()
     h.update(json.dumps([recipe.seed, recipe.data.max_length, recipe.data.packing, recipe.train.batch_size,
@@ -312,6 +344,10 @@ def train(
     try:
         with metrics_path.open("a") as metrics_file:
             for epoch in range(start_epoch, cfg.epochs):
+                if epoch > 0 and data.examples_for_epoch is not None:
+                    examples = data.epoch_examples(epoch)
+                    rows = make_rows(examples, recipe.data.max_length, recipe.data.packing)
+                    assert math.ceil(len(rows) / cfg.batch_size) == micro_per_epoch, "epochs must have equal steps"
                 micro = epoch_micro_batches(len(rows), cfg.batch_size, recipe.seed, epoch)
                 steps = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
                 first = start_step_in_epoch if epoch == start_epoch else 0
