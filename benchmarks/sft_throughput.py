@@ -27,15 +27,18 @@ Why the loss comparison is fair
   fewer, larger steps. The packed run's batch_size (rows of max_length tokens) is therefore chosen so
   that it takes about as many optimizer steps as the padded runs, i.e. about the same target tokens
   per step; the table prints tokens/step so a reader can check. All runs see every record once.
-  Records that do not fit max_length are removed beforehand (codeinstruct would drop them, TRL would
-  truncate them), so all three train on exactly the same examples. Each trainer shuffles with its own
+  Records that do not fit max_length are skipped beforehand (codeinstruct would drop them, TRL would
+  truncate them), and so are the few whose text contains special-token text such as "<filename>"
+  (codeinstruct tokenizes it as text, TRL as the control token), so all three train on exactly the
+  same token sequences; the script checks it. Each trainer shuffles with its own
   generator; the script reports whether TRL's batches came out identical to codeinstruct's padded ones
   (with seed 0 they do: both take torch.randperm from a generator seeded with 0), in which case those
   two runs do the same arithmetic and any loss gap between them comes from the trainers themselves.
   The loss compared is the held-out loss: each final model is scored by ONE function (below,
   `heldout_loss`) on the same records that no run trained on: token-weighted mean cross-entropy
   over response + EOS tokens, one unpadded example at a time, eval mode. The last steps' training
-  loss is shown too, but it is measured on different batches in each run.
+  loss is shown too, but it is measured on different batches in each run. --noise-floor trains TRL
+  once more with only its data order changed, to show how far the held-out loss moves from that alone.
 
 Run from the project root (TRL, datasets and accelerate come with `pip install -e ".[bench]"`):
     .venv/bin/python benchmarks/sft_throughput.py [--records N] [--preset small] [--json out.json]
@@ -55,10 +58,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
 from codeinstruct.config import recipe_from_dict
 from codeinstruct.data.records import records_from_dicts
-from codeinstruct.data.sft import IGNORE_INDEX, SFTExample, tokenize_records
+from codeinstruct.data.sft import IGNORE_INDEX, TokenizedExample, tokenize_records
 from codeinstruct.modeling import load_model
 from codeinstruct.prompts import format_prompt, format_target
 from codeinstruct.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -68,6 +72,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "gpteacher-codegen" / "codegen-instruct.json"
 WARMUP_RATIO = 0.03  # codeinstruct's default; TRL gets the same number of warmup steps
 SEED = 0
+MAX_OTHERS_CPU = 0.05
 
 
 @dataclass
@@ -83,9 +88,9 @@ class RunResult:
     last_steps: int
     heldout_loss: float = float("nan")
     init_fingerprint: float = float("nan")
-    # CPU seconds this process used / (wall seconds x torch threads) while training: well below ~0.9
-    # means other processes took cores away and the wall-clock numbers are not trustworthy.
-    cpu_share: float = float("nan")
+    # Share of the machine's CPU time that *other* processes (or the hypervisor) used while this run
+    # trained; see CpuWatch. Above a few percent the wall-clock numbers are not trustworthy.
+    others_cpu: float = float("nan")
     notes: dict = field(default_factory=dict)
 
     @property
@@ -102,7 +107,8 @@ class RunResult:
 
 
 def load_raw_records(path: Path, n_train: int, n_eval: int) -> tuple[list[dict], str]:
-    """The first n_train + n_eval (plus slack for overlong ones) records, and where they came from."""
+    """The first records of the file (twice what is needed, so records too long for max_length can be
+    skipped), and where they came from. The tokenizer is trained on all of them."""
     want = 2 * (n_train + n_eval)
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))[:want], str(path)
@@ -116,24 +122,31 @@ def full_text(record) -> str:
     return format_prompt(record.instruction, record.input) + format_target(record.response)
 
 
-def split_fitting(records, tokenizer, max_length: int, n_train: int, n_eval: int):
-    """First n_train records that fit max_length (with EOS), then the next n_eval that fit.
+def split_usable(records, tokenizer, max_length: int, n_train: int, n_eval: int):
+    """First n_train usable records, then the next n_eval; returns (train, held_out, skipped counts).
 
-    Fitting is decided by codeinstruct's own tokenization, so no trainer drops or truncates anything.
-    Returns (train, held_out, how many records were skipped as too long on the way).
+    Usable means that both trainers see exactly the same tokens:
+      * it fits max_length with its EOS, by codeinstruct's own tokenization (codeinstruct would drop a
+        longer one, TRL would truncate it);
+      * its text holds no special-token text such as "<filename>" or "<|endoftext|>": codeinstruct keeps
+        such text as text (split_special_tokens), TRL's prompt/completion tokenization turns it into
+        the control token.
     """
     _, report = tokenize_records(records, tokenizer, max_length, "drop")
-    fitting, skipped = [], 0
+    specials = set(tokenizer.all_special_tokens)
+    usable, too_long, special_text = [], 0, 0
     for record, n in zip(records, report.lengths):
-        if len(fitting) == n_train + n_eval:
+        if len(usable) == n_train + n_eval:
             break
-        if n <= max_length:
-            fitting.append(record)
+        if n > max_length:
+            too_long += 1
+        elif any(tok in field for tok in specials for field in (record.instruction, record.input, record.response)):
+            special_text += 1
         else:
-            skipped += 1
-    if len(fitting) < n_train + n_eval:
-        raise SystemExit(f"only {len(fitting)} records fit max_length={max_length}; need {n_train + n_eval}")
-    return fitting[:n_train], fitting[n_train:], skipped
+            usable.append(record)
+    if len(usable) < n_train + n_eval:
+        raise SystemExit(f"only {len(usable)} usable records (max_length={max_length}); need {n_train + n_eval}")
+    return usable[:n_train], usable[n_train:], {"too_long": too_long, "special_token_text": special_text}
 
 
 def record_dicts(records) -> list[dict]:
@@ -145,7 +158,7 @@ def record_dicts(records) -> list[dict]:
 
 
 @torch.no_grad()
-def heldout_loss(model, examples: list[SFTExample]) -> float:
+def heldout_loss(model, examples: list[TokenizedExample]) -> float:
     """Token-weighted mean cross-entropy over response + EOS tokens; one unpadded example at a time.
 
     Used for every run, so differences in batching, masks or loss code of the trainers cannot leak in.
@@ -176,6 +189,32 @@ def warm_up(preset: str, tokenizer, max_length: int) -> None:
     model = load_model(f"preset:{preset}", tokenizer=tokenizer)
     ids = torch.randint(0, len(tokenizer), (4, max_length))
     model(input_ids=ids, labels=ids).loss.backward()
+
+
+class CpuWatch:
+    """How much CPU other processes took while we trained (Linux /proc/stat; NaN elsewhere).
+
+    torch's OpenMP threads slow down far more than proportionally when another busy process shares
+    the cores, so a benchmark run next to, say, a test suite can be several times too slow.
+    """
+
+    def __enter__(self):
+        self.busy, self.own, self.wall = self._machine_busy(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        others = (self._machine_busy() - self.busy) - (time.process_time() - self.own)
+        self.others_share = max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+    @staticmethod
+    def _machine_busy() -> float:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return float("nan")
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def weighted_tail(losses: list[float], tokens: list[int], k: int) -> float:
@@ -243,12 +282,11 @@ def run_codeinstruct(label: str, recipe, eval_examples) -> RunResult:
         return model
 
     ci_loop.load_model = fingerprinting_load_model
-    wall, cpu = time.perf_counter(), time.process_time()
     try:
-        result = ci_loop.train(recipe, data)
+        with CpuWatch() as watch:
+            result = ci_loop.train(recipe, data)
     finally:
         ci_loop.load_model = original_load_model
-    share = (time.process_time() - cpu) / ((time.perf_counter() - wall) * torch.get_num_threads())
 
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == result.steps == planned_steps, (len(metrics), result.steps, planned_steps)
@@ -269,7 +307,7 @@ def run_codeinstruct(label: str, recipe, eval_examples) -> RunResult:
         last_steps=k,
         heldout_loss=heldout_loss(model, eval_examples),
         init_fingerprint=seen["init"],
-        cpu_share=share,
+        others_cpu=watch.others_share,
         notes={"train_result_seconds_incl_save_and_plot": round(result.seconds, 3),
                "examples": len(data.examples)},
     )
@@ -277,6 +315,20 @@ def run_codeinstruct(label: str, recipe, eval_examples) -> RunResult:
 
 # ---------------------------------------------------------------------------------------------------
 # TRL
+
+
+class LoopTimer(TrainerCallback):
+    """Times TRL's loop the way codeinstruct's elapsed_s is timed: from just before the first step to
+    the end of the last one, without the trainer's set-up and tear-down."""
+
+    def __init__(self):
+        self.start = self.end = None
+
+    def on_train_begin(self, *args, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, *args, **kwargs):
+        self.end = time.perf_counter()
 
 
 class CountingCollator:
@@ -302,7 +354,7 @@ class CountingCollator:
         return batch
 
 
-def legacy_collator_masks_eos(tokenizer, examples: list[SFTExample]) -> tuple[int, int]:
+def legacy_collator_masks_eos(tokenizer, examples: list[TokenizedExample]) -> tuple[int, int]:
     """How many EOS labels transformers' DataCollatorForLanguageModeling drops when pad == EOS.
 
     That collator (what older TRL recipes used) sets every label whose input is the pad id to -100,
@@ -317,7 +369,8 @@ def legacy_collator_masks_eos(tokenizer, examples: list[SFTExample]) -> tuple[in
     return len(examples) - kept, len(examples)
 
 
-def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eval_examples, args) -> RunResult:
+def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eval_examples, args,
+            data_seed: int = SEED) -> RunResult:
     import datasets
     import transformers
     from transformers import PrinterCallback
@@ -337,8 +390,9 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
     ])
     steps = math.ceil(len(train_records) / args.batch_size)
     config = SFTConfig(
-        output_dir=str(tmp / "trl"),
+        output_dir=str(tmp / f"trl-{data_seed}"),
         seed=SEED,
+        data_seed=data_seed,  # the shuffle only; the weights are initialised below, from SEED
         num_train_epochs=1,
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
@@ -353,9 +407,10 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
         # TRL's own defaults are bf16=True and gradient_checkpointing=True; the comparison is fp32, no recompute.
         bf16=False,
         fp16=False,
-        # transformers pads to a multiple of 8 only when asked; TRL's default (no rounding) is kept, which
-        # gives TRL slightly less padding than codeinstruct's multiple-of-8 widths.
         activation_checkpointing=False,  # the new name of gradient_checkpointing in transformers 5
+        # TRL's CPU default: no rounding of the batch width, so slightly less padding than codeinstruct's
+        # multiple-of-8 widths (the pad fraction column shows it).
+        pad_to_multiple_of=None,
         max_length=args.max_length,
         packing=False,
         padding_free=False,
@@ -387,11 +442,13 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
 
     counter = CountingCollator(trainer.data_collator, eos_id)
     trainer.data_collator = counter
+    loop_timer = LoopTimer()
+    trainer.add_callback(loop_timer)
 
-    start, cpu = time.perf_counter(), time.process_time()
-    trainer.train()
+    start = time.perf_counter()
+    with CpuWatch() as watch:
+        trainer.train()
     seconds = time.perf_counter() - start
-    share = (time.process_time() - cpu) / (seconds * torch.get_num_threads())
 
     logged = [h for h in trainer.state.log_history if "loss" in h]
     losses = [h["loss"] for h in logged]
@@ -403,7 +460,7 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
     index = {}
     for i, e in enumerate(train_examples):
         index.setdefault(tuple(e.input_ids), i)
-    trl_order = [[index[tuple(ids)] for ids in batch] for batch in counter.batches]
+    trl_order = [[index.get(tuple(ids)) for ids in batch] for batch in counter.batches]
     ci_order = ci_loop.epoch_micro_batches(len(train_examples), args.batch_size, SEED, 0)
     masked, total = legacy_collator_masks_eos(trl_tokenizer, train_examples[:64])
     return RunResult(
@@ -418,7 +475,7 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
         last_steps=k,
         heldout_loss=heldout_loss(trainer.model, eval_examples),
         init_fingerprint=init,
-        cpu_share=share,
+        others_cpu=watch.others_share,
         notes={
             "tokenization_mismatches_vs_codeinstruct": mismatched,
             "same_batches_as_codeinstruct_padding": trl_order == ci_order,
@@ -427,6 +484,7 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
             "rows_whose_last_real_label_is_eos_in_batches": f"{counter.eos_labelled}/{counter.rows}",
             "target_tokens_in_prepared_dataset": dataset_targets,
             "legacy_DataCollatorForLanguageModeling_masks_eos": f"{masked}/{total}",
+            "train_loop_seconds_without_setup": round(loop_timer.end - loop_timer.start, 3),
             "pad_token": trl_tokenizer.pad_token,
             "pad_token_id": trl_tokenizer.pad_token_id,
             "eos_token_id": eos_id,
@@ -444,7 +502,7 @@ def print_table(runs: list[RunResult], baseline: RunResult) -> None:
 
     table = Table(title="SFT throughput (one epoch, same records, same init)")
     for col in ("run", "rows/step", "steps", "target tokens", "target tok/step", "pad fraction", "seconds",
-                "target tok/s", "speed-up vs TRL", f"train loss (last steps)", "held-out loss", "loss vs TRL"):
+                "target tok/s", "speed-up vs TRL", "train loss (last steps)", "held-out loss", "loss vs TRL"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for r in runs:
         table.add_row(
@@ -458,9 +516,9 @@ def print_table(runs: list[RunResult], baseline: RunResult) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--records", type=int, default=768, help="training records (the first that fit max_length)")
+    parser.add_argument("--records", type=int, default=1024, help="training records (the first that fit max_length)")
     parser.add_argument("--eval-records", type=int, default=64, help="held-out records, taken after the training ones")
-    parser.add_argument("--preset", default="small", help="codeinstruct model preset (tiny, small)")
+    parser.add_argument("--preset", default="small", choices=["tiny", "small"], help="codeinstruct model preset")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step of the padded runs")
     parser.add_argument("--packed-batch-size", type=int, default=None,
@@ -469,6 +527,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="train TRL once more with another data order (same init) to show how much the "
+                             "held-out loss moves with the order alone")
     args = parser.parse_args()
 
     import transformers
@@ -477,11 +538,10 @@ def main() -> None:
     transformers.logging.disable_progress_bar()  # model save/load bars would interleave with the report
 
     t_total = time.perf_counter()
-    load_before = os.getloadavg()[0]
     raw, source = load_raw_records(args.data, args.records, args.eval_records)
     records = records_from_dicts(raw, source)
     tokenizer = train_tokenizer([full_text(r) for r in records], vocab_size=args.vocab)
-    train_records, eval_records, skipped_overlong = split_fitting(
+    train_records, eval_records, skipped = split_usable(
         records, tokenizer, args.max_length, args.records, args.eval_records
     )
 
@@ -499,7 +559,8 @@ def main() -> None:
         packed_bs, n_rows = packed_batch_size(train_examples, args.max_length, args.batch_size)
         packed_bs = args.packed_batch_size or packed_bs
         print(f"data: {source}; {len(train_records)} train + {len(eval_records)} held-out records "
-              f"({skipped_overlong} longer than max_length={args.max_length} skipped); tokenizer vocab {len(tokenizer)}")
+              f"(skipped on the way: {skipped['too_long']} longer than max_length={args.max_length}, "
+              f"{skipped['special_token_text']} containing special-token text); tokenizer vocab {len(tokenizer)}")
         print(f"model preset:{args.preset}; torch threads {torch.get_num_threads()}; lr {args.lr}; "
               f"padded batch {args.batch_size} examples; packed batch {packed_bs} rows of <= {args.max_length} "
               f"tokens ({n_rows} rows in all)")
@@ -512,22 +573,32 @@ def main() -> None:
             print(f"  done: {label} ({runs[-1].seconds:.1f}s)", flush=True)
         runs.append(run_trl("TRL SFTTrainer padding", tmp, tokenizer, train_records, train_examples, eval_examples, args))
         print(f"  done: {runs[-1].name} ({runs[-1].seconds:.1f}s)", flush=True)
+        reshuffled = None
+        if args.noise_floor:
+            reshuffled = run_trl("TRL, other data order", tmp, tokenizer, train_records, train_examples,
+                                 eval_examples, args, data_seed=SEED + 1)
+            print(f"  done: {reshuffled.name} ({reshuffled.seconds:.1f}s)", flush=True)
 
     trl = runs[-1]
     print_table(runs, trl)
 
     ours_targets = sum(e.n_targets for e in train_examples)
+    trl_prepared = trl.notes["target_tokens_in_prepared_dataset"]
+    counts_equal = len({ours_targets, trl_prepared, *(r.target_tokens for r in runs)}) == 1
     same_init = len({r.init_fingerprint for r in runs}) == 1
-    print(f"target tokens: codeinstruct examples {ours_targets:,}; "
-          + "; ".join(f"{r.name} trained {r.target_tokens:,}" for r in runs)
-          + f"; TRL prepared dataset {trl.notes['target_tokens_in_prepared_dataset']:,}"
-          + (" -> equal" if len({ours_targets, trl.notes['target_tokens_in_prepared_dataset'], *(r.target_tokens for r in runs)}) == 1 else " -> DIFFERENT"))
+    print(f"target tokens: codeinstruct's examples {ours_targets:,}; TRL's prepared dataset {trl_prepared:,}; trained: "
+          + ", ".join(f"{r.name} {r.target_tokens:,}" for r in runs) + (" -> equal" if counts_equal else " -> DIFFERENT"))
     print(f"initial weights identical across runs: {same_init}")
-    shares = ", ".join(f"{r.name} {r.cpu_share:.2f}" for r in runs)
-    print(f"CPU share while training (this process's CPU time / wall time x {torch.get_num_threads()} threads): {shares}; "
-          f"1-min load average before start {load_before:.1f}")
-    if load_before > 0.5 or min(r.cpu_share for r in runs) < 0.75:
-        print("WARNING: other processes were using the CPU; the timings above are not reliable, run again on an idle machine")
+    print(f"TRL seconds are trainer.train(); its step loop alone (as codeinstruct is timed) took "
+          f"{trl.notes['train_loop_seconds_without_setup']:.1f}s; codeinstruct's TrainResult.seconds, which also "
+          f"counts saving the model and plotting: "
+          + ", ".join(f"{r.name} {r.notes['train_result_seconds_incl_save_and_plot']:.1f}s" for r in runs[:2]))
+    timings_reliable = not any(r.others_cpu > MAX_OTHERS_CPU for r in runs)
+    print(f"CPU used by other processes while each run trained (share of all {os.cpu_count()} cores): "
+          + ", ".join(f"{r.name} {r.others_cpu:.1%}" for r in runs))
+    if not timings_reliable:
+        print("WARNING: other processes used the CPU during at least one run, so its timing is not reliable; "
+              "run again on an idle machine.")
     print(f"TRL: pad_token={trl.notes['pad_token']!r} (id {trl.notes['pad_token_id']}) = EOS (id {trl.notes['eos_token_id']}); "
           f"tokenization mismatches vs codeinstruct: {trl.notes['tokenization_mismatches_vs_codeinstruct']}; "
           f"EOS per example: {trl.notes['examples_with_eos_count']}; examples ending in a labelled EOS: "
@@ -543,6 +614,11 @@ def main() -> None:
     verdict = "holds" if speedup >= 1.5 and loss_gap <= 0.01 else "does NOT hold"
     print(f"claim (packing >= 1.5x TRL target tok/s, held-out loss within 1%): {verdict} here "
           f"({speedup:.2f}x, {loss_gap:.2%})")
+    if reshuffled is not None:
+        print(f"noise floor: TRL with only the data order changed (data_seed {SEED + 1}) reaches held-out loss "
+              f"{reshuffled.heldout_loss:.4f} ({reshuffled.heldout_loss / trl.heldout_loss - 1:+.2%} vs TRL)")
+    elif loss_gap > 0.01:
+        print("  (--noise-floor shows how much the held-out loss moves with the data order alone)")
     total = time.perf_counter() - t_total
     print(f"total benchmark time {total:.0f}s")
 
@@ -550,15 +626,19 @@ def main() -> None:
         payload = {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "data_source": source,
+            "records_skipped": skipped,
             "packed_batch_size": packed_bs,
             "torch_threads": torch.get_num_threads(),
             "runs": [asdict(r) | {"pad_fraction": r.pad_fraction, "target_tokens_per_s": r.tokens_per_s,
                                   "speedup_vs_trl": r.tokens_per_s / trl.tokens_per_s,
                                   "heldout_loss_vs_trl": r.heldout_loss / trl.heldout_loss - 1} for r in runs],
             "same_initial_weights": same_init,
+            "target_token_counts_equal": counts_equal,
             "claim_holds": verdict == "holds",
             "total_seconds": total,
-            "load_average_before_start": load_before,
+            "timings_reliable": timings_reliable,
+            "noise_floor_run": None if reshuffled is None else asdict(reshuffled)
+            | {"heldout_loss_vs_trl": reshuffled.heldout_loss / trl.heldout_loss - 1},
         }
         args.json.write_text(json.dumps(payload, indent=2))
 

@@ -154,18 +154,62 @@ def tokenizer_train(
     console.print(f"tokenizer with {len(tok)} tokens written to {out}")
 
 
+# ---------------------------------------------------------------- corpus
+
+corpus_app = typer.Typer(help="Read code corpora with repository, path, license and language.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("stats")
+def corpus_stats(
+    sources: Annotated[list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")],
+    include: Annotated[Optional[list[str]], typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable")] = None,
+    max_file_bytes: Annotated[int, typer.Option(min=1, help="skip files larger than this")] = 1_000_000,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+):
+    """Count documents, bytes, skipped files by reason, languages and licenses of a code corpus."""
+    from rich.filesize import decimal
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    from codeinstruct.data.corpus import CorpusReport, iter_documents
+
+    report = CorpusReport()
+    # On stderr, so that --json output stays parseable.
+    columns = (SpinnerColumn(), TextColumn("{task.fields[documents]:,} documents"), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("reading", total=None, documents=0)
+        for n, _ in enumerate(iter_documents(sources, include=include or None, max_file_bytes=max_file_bytes, report=report)):
+            if n % 256 == 0:
+                progress.update(task, completed=report.bytes, documents=report.documents)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    console.print(f"documents: {report.documents:,}   bytes: {decimal(report.bytes)}")
+    skipped = report.as_dict()["skipped"]
+    console.print("skipped: " + (", ".join(f"{reason} {count:,}" for reason, count in skipped.items()) or "none"))
+    for title, counter in (("language", report.languages), ("license", report.licenses)):
+        table = Table(title=f"top {title}s")
+        table.add_column(title)
+        table.add_column("documents", justify="right")
+        table.add_column("share", justify="right")
+        for key, count in counter.most_common(15):
+            table.add_row(key, f"{count:,}", f"{count / max(report.documents, 1):.1%}")
+        console.print(table)
+
+
 # ---------------------------------------------------------------- finetune
 
 
 class _ProgressObserver:
     """Draws the training progress bar (loss, target tokens/s, ETA) from the loop's reports."""
 
-    def __init__(self, progress):
+    def __init__(self, progress, what: str):
         self.progress = progress
+        self.what = what
         self.task = None
 
     def start(self, total_steps: int, first_step: int) -> None:
-        self.task = self.progress.add_task("fine-tuning", total=total_steps, completed=first_step, loss=float("nan"), tps=0.0)
+        self.task = self.progress.add_task(self.what, total=total_steps, completed=first_step, loss=float("nan"), tps=0.0)
 
     def step(self, metrics: dict) -> None:
         self.progress.update(self.task, completed=metrics["step"], loss=metrics["loss"], tps=metrics["tokens_per_s"])
@@ -174,7 +218,7 @@ class _ProgressObserver:
         self.progress.console.print(f"[dim]checkpoint {path}[/]")
 
 
-def _progress():
+def _progress(what: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
@@ -182,7 +226,7 @@ def _progress():
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[tps]:,.0f} target tok/s"),
+        TextColumn("{task.fields[tps]:,.0f} " + ("tok/s" if what == "pretrain" else "target tok/s")),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -190,9 +234,37 @@ def _progress():
     )
 
 
+def _train_with_progress(recipe, data, resume: bool, what: str):
+    """Train with a progress bar; Ctrl-C checkpoints and stops cleanly."""
+    from codeinstruct.train.loop import train
+
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        console.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)[/]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with _progress(what) as progress:
+            result = train(recipe, data, resume=resume, observer=_ProgressObserver(progress, what),
+                           should_stop=lambda: stop["requested"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if result.interrupted:
+        console.print(f"stopped at step {result.steps}; continue with: codeinstruct {what} ... --resume")
+        raise typer.Exit(130)
+    console.print(
+        f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "
+        f"{result.target_tokens / max(result.seconds, 1e-9):,.0f} target tokens/s; model in {result.final_dir}"
+    )
+    return result
+
+
 def run_finetune(recipe, resume: bool):
-    """Prepare data, then train with a progress bar; Ctrl-C checkpoints and stops cleanly."""
-    from codeinstruct.train.loop import prepare_sft, train
+    from codeinstruct.train.loop import prepare_sft
 
     _quiet_libraries()
     with console.status("reading and tokenizing data"):
@@ -204,29 +276,7 @@ def run_finetune(recipe, resume: bool):
         + (f", {len(data.held_out)} held out" if data.held_out else "")
         + ")"
     )
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        console.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)[/]")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with _progress() as progress:
-            result = train(recipe, data, resume=resume, observer=_ProgressObserver(progress),
-                           should_stop=lambda: stop["requested"])
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if result.interrupted:
-        console.print(f"stopped at step {result.steps}; continue with: codeinstruct finetune ... --resume")
-        raise typer.Exit(130)
-    console.print(
-        f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "
-        f"{result.target_tokens / max(result.seconds, 1e-9):,.0f} target tokens/s; model in {result.final_dir}"
-    )
-    return result
+    return _train_with_progress(recipe, data, resume, "finetune")
 
 
 @app.command("finetune")
@@ -239,6 +289,28 @@ def finetune(
     from codeinstruct.config import load_recipe, recipe_path
 
     run_finetune(load_recipe(recipe_path(recipe), overrides or []), resume)
+
+
+@app.command("pretrain")
+def pretrain(
+    recipe: Annotated[str, typer.Argument(help="recipe YAML file, or the name of a bundled recipe (e.g. tiny-pretrain-cpu)")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. data.fim_rate=0.9")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run folder's latest checkpoint")] = False,
+):
+    """Causal-LM pretraining from scratch on a code corpus with Fill-in-the-Middle (PSM and SPM)."""
+    from codeinstruct.config import load_recipe, recipe_path
+    from codeinstruct.train.loop import prepare_pretrain
+
+    recipe = load_recipe(recipe_path(recipe), overrides or [])
+    _quiet_libraries()
+    with console.status("reading the corpus and tokenizing"):
+        data = prepare_pretrain(recipe)
+    n_tokens = sum(len(e.input_ids) for e in data.examples)
+    console.print(
+        f"{data.report.documents} documents ({data.report.bytes / 1e6:.1f} MB) -> {n_tokens:,} tokens in "
+        f"{len(data.examples)} blocks of {recipe.data.max_length}; FIM rate {recipe.data.fim_rate}, SPM rate {recipe.data.fim_spm_rate}"
+    )
+    _train_with_progress(recipe, data, resume, "pretrain")
 
 
 # ---------------------------------------------------------------- generate
@@ -270,6 +342,32 @@ def generate(
     m, tok = load_for_inference(model)
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     sys.stdout.write(generate_response(m, tok, instruction, context, settings) + "\n")
+
+
+@app.command("complete")
+def complete(
+    model: Annotated[Path, typer.Option(help="model directory trained with FIM")],
+    prefix_file: Annotated[Path, typer.Option(help="the code before the gap")],
+    suffix_file: Annotated[Path, typer.Option(help="the code after the gap")],
+    spm: Annotated[bool, typer.Option("--spm", help="suffix-prefix-middle order instead of prefix-suffix-middle")] = False,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 decodes greedily")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    seed: int = 0,
+):
+    """Fill-in-the-Middle: print exactly the code that goes between the prefix and the suffix."""
+    from codeinstruct.infer.generate import SamplingSettings, complete_middle, load_for_inference
+
+    texts = []
+    for f in (prefix_file, suffix_file):
+        try:
+            texts.append(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise CodeinstructError(f"{f}: cannot read ({e})") from None
+    _quiet_libraries()
+    m, tok = load_for_inference(model)
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    sys.stdout.write(complete_middle(m, tok, texts[0], texts[1], spm=spm, settings=settings))
 
 
 # ---------------------------------------------------------------- demo

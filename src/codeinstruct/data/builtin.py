@@ -41,7 +41,7 @@ def stdlib_dir() -> pathlib.Path:
     return pathlib.Path(sysconfig.get_paths()["stdlib"])
 
 
-def _skipped(rel: pathlib.PurePath) -> bool:
+def is_excluded_stdlib_path(rel: pathlib.PurePath) -> bool:
     return any(part in _SKIP_DIRS or part.startswith("test") for part in rel.parts)
 
 
@@ -52,10 +52,10 @@ def _iter_stdlib_files() -> Iterator[tuple[pathlib.PurePosixPath, bytes]]:
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = pathlib.PurePosixPath(pathlib.Path(dirpath).relative_to(root).as_posix())
         # Prune in place so large trees such as site-packages are never walked.
-        dirnames[:] = [d for d in dirnames if not _skipped(pathlib.PurePosixPath(d))]
+        dirnames[:] = [d for d in dirnames if not is_excluded_stdlib_path(pathlib.PurePosixPath(d))]
         for name in filenames:
             rel = rel_dir / name
-            if name.endswith(".py") and not _skipped(rel):
+            if name.endswith(".py") and not is_excluded_stdlib_path(rel):
                 found.append(rel)
     for rel in sorted(found, key=str):
         path = root / rel
