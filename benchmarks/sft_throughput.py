@@ -40,6 +40,10 @@ Why the loss comparison is fair
   loss is shown too, but it is measured on different batches in each run. --noise-floor trains TRL
   once more with only its data order changed, to show how far the held-out loss moves from that alone.
 
+Timings need an otherwise idle machine: torch's OpenMP threads slow down far more than proportionally
+when another busy process shares the cores. The script measures the CPU other processes used during
+each run (Linux /proc/stat) and warns when it is more than a few percent.
+
 Run from the project root (TRL, datasets and accelerate come with `pip install -e ".[bench]"`):
     .venv/bin/python benchmarks/sft_throughput.py [--records N] [--preset small] [--json out.json]
 """
@@ -615,8 +619,11 @@ def main() -> None:
     print(f"claim (packing >= 1.5x TRL target tok/s, held-out loss within 1%): {verdict} here "
           f"({speedup:.2f}x, {loss_gap:.2%})")
     if reshuffled is not None:
+        order_noise = abs(reshuffled.heldout_loss / trl.heldout_loss - 1)
         print(f"noise floor: TRL with only the data order changed (data_seed {SEED + 1}) reaches held-out loss "
-              f"{reshuffled.heldout_loss:.4f} ({reshuffled.heldout_loss / trl.heldout_loss - 1:+.2%} vs TRL)")
+              f"{reshuffled.heldout_loss:.4f} ({reshuffled.heldout_loss / trl.heldout_loss - 1:+.2%} vs TRL), so the "
+              f"packing run's {loss_gap:.2%} gap is {'within' if loss_gap <= order_noise else 'beyond'} what the "
+              "data order alone moves")
     elif loss_gap > 0.01:
         print("  (--noise-floor shows how much the held-out loss moves with the data order alone)")
     total = time.perf_counter() - t_total

@@ -6,7 +6,7 @@ from codeinstruct.errors import CodeinstructError
 
 def test_bundled_recipes_validate():
     names = sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
-    assert names == ["starcoder-gpteacher", "tiny-cpu"]
+    assert names == ["starcoder-gpteacher", "tiny-cpu", "tiny-pretrain-cpu"]
     card = load_recipe(recipe_path("starcoder-gpteacher"))
     assert (card.model.source, card.data.max_length, card.train.epochs, card.train.lr) == ("bigcode/starcoder", 1024, 3, 2e-5)
     assert (card.train.precision, card.distributed.strategy, card.distributed.gpus) == ("bf16", "fsdp", 8)
@@ -39,5 +39,5 @@ def test_bad_yaml_names_the_line(tmp_path):
 
 
 def test_unknown_recipe_name_lists_bundled():
-    with pytest.raises(CodeinstructError, match="bundled: starcoder-gpteacher, tiny-cpu"):
+    with pytest.raises(CodeinstructError, match="bundled: starcoder-gpteacher, tiny-cpu, tiny-pretrain-cpu"):
         recipe_path("nope")

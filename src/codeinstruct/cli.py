@@ -124,31 +124,31 @@ def data_preview(
 
 @tokenizer_app.command("train")
 def tokenizer_train(
-    sources: Annotated[list[Path], typer.Argument(help="text/code files, directories of them, or instruction JSON/JSONL")],
+    sources: Annotated[list[str], typer.Argument(help="code directories, corpus JSONL, builtin:stdlib, or instruction .json files")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output directory")],
     vocab_size: Annotated[int, typer.Option(help="vocabulary size, special tokens included")] = 4096,
+    include: Annotated[Optional[list[str]], typer.Option(help="file globs to read from directories (default: source code)")] = None,
 ):
     """Train a byte-level BPE tokenizer with StarCoder's 19 special tokens at ids 0-18."""
+    from codeinstruct.data.corpus import read_corpus
     from codeinstruct.data.records import load_records
     from codeinstruct.tokenizer import save_tokenizer, train_tokenizer
 
     _quiet_libraries()
     texts: list[str] = []
+    corpus_sources = []
     for src in sources:
-        files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
-        if not src.exists():
-            raise CodeinstructError(f"{src}: no such file or directory")
-        for f in files:
-            if f.suffix in (".json", ".jsonl"):
-                texts.extend(r.instruction + "\n" + r.input + "\n" + r.response for r in load_records(f))
-            else:
-                try:
-                    texts.append(f.read_text(encoding="utf-8"))
-                except UnicodeDecodeError:
-                    continue  # binary files carry nothing a code tokenizer should learn
+        if src.endswith(".json"):  # instruction data: its text is what the tokenizer will see
+            texts.extend(r.instruction + "\n" + r.input + "\n" + r.response for r in load_records(src))
+        else:
+            corpus_sources.append(src)
+    if corpus_sources:
+        with console.status("reading the corpus"):
+            documents, _ = read_corpus(corpus_sources, include=include)
+        texts.extend(d.content for d in documents)
     if not texts:
         raise CodeinstructError("no text found in the given sources")
-    with console.status(f"training BPE on {len(texts)} texts"):
+    with console.status(f"training BPE on {len(texts)} texts ({sum(map(len, texts)) / 1e6:.1f} M characters)"):
         tok = train_tokenizer(texts, vocab_size=vocab_size)
     save_tokenizer(tok, out)
     console.print(f"tokenizer with {len(tok)} tokens written to {out}")

@@ -74,7 +74,10 @@ def test_pretraining_blocks_join_documents_with_eos_and_redraw_fim_per_epoch(tok
     docs = [DOC, "x = 1\n", "y = [i for i in range(3)]\n"]
     plain = pretraining_blocks(docs, tokenizer, 16, fim_rate=0.0)
     stream = [i for b in plain for i in b.input_ids]
-    assert stream == _enc(tokenizer, DOC) + [0] + _enc(tokenizer, "x = 1\n") + [0] + _enc(tokenizer, docs[2]) + [0]
+    assert sorted(stream) == sorted(_enc(tokenizer, DOC + "x = 1\n" + docs[2]) + [0, 0, 0])
+    assert stream.count(0) == 3 and stream[-1] == 0
+    texts = tokenizer.decode(stream).split("<|endoftext|>")[:-1]
+    assert sorted(texts) == sorted(docs)
     assert all(len(b.input_ids) == 16 for b in plain[:-1]) and all(b.labels == b.input_ids for b in plain)
     e0 = pretraining_blocks(docs * 5, tokenizer, 32, fim_rate=1.0, seed=0, epoch=0)
     e1 = pretraining_blocks(docs * 5, tokenizer, 32, fim_rate=1.0, seed=0, epoch=1, n_blocks=len(e0))

@@ -1,6 +1,6 @@
 """Causal-LM pretraining examples: documents (FIM-transformed or plain) joined by EOS, cut into blocks.
 
-FIM is drawn afresh each epoch (a generator seeded by seed and epoch), as Megatron drew it per
+Document order and FIM are drawn afresh each epoch (a generator seeded by seed and epoch), as Megatron drew it per
 sample, so a document is seen split at many different places over a run. The number of blocks is
 fixed by epoch 0, so every epoch has the same number of steps and the schedule is known upfront.
 """
@@ -30,9 +30,11 @@ def pretraining_blocks(
     rng = random.Random(f"fim:{seed}:{epoch}")
     tokens = FimTokens.from_tokenizer(tokenizer) if fim_rate > 0 else None
     eos = tokenizer.eos_token_id
+    order = list(range(len(documents)))
+    rng.shuffle(order)  # a fixed order would let the model lean on which document comes next
     stream: list[int] = []
-    for text in documents:
-        stream += apply_fim(text, tokenizer, rng, fim_rate, fim_spm_rate, tokens)
+    for i in order:
+        stream += apply_fim(documents[i], tokenizer, rng, fim_rate, fim_spm_rate, tokens)
         stream.append(eos)
     if n_blocks is not None:
         stream = stream[: n_blocks * block_size]
