@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from codeinstruct.errors import CodeinstructError
@@ -375,35 +376,55 @@ def complete(
 
 @app.command("demo")
 def demo(
-    run_dir: Annotated[Path, typer.Option(help="where the demo's run folder goes")] = Path("runs/demo"),
+    run_dir: Annotated[Path, typer.Option(help="where the demo's run folders go")] = Path("runs/demo"),
     examples: Annotated[int, typer.Option(help="held-out instructions to answer at the end")] = 3,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides of the tiny-cpu recipe")] = None,
 ):
-    """The whole path offline: tokenizer + instruction data from the local Python stdlib,
-    fine-tune a small GPTBigCode on CPU, then answer held-out instructions."""
+    """The whole StarCoder path offline, in minutes on a CPU: a tokenizer and a small GPTBigCode
+    pretrained with FIM on the local Python stdlib, instruction-tuned on records derived from its
+    documented functions, then held-out instructions answered and a gap filled in."""
     import shutil
 
     from codeinstruct.config import load_recipe, recipe_path
     from codeinstruct.data.records import load_records
-    from codeinstruct.infer.generate import SamplingSettings, generate_response, load_for_inference
+    from codeinstruct.infer.generate import SamplingSettings, complete_middle, generate_response, load_for_inference
 
-    recipe = load_recipe(recipe_path("tiny-cpu"), [f"run_dir={run_dir}", *(overrides or [])])
     if run_dir.exists():
-        if any(run_dir.iterdir()) and not (run_dir / "config.yaml").exists():
-            raise CodeinstructError(f"{run_dir}: exists and is not a run folder; choose another --run-dir")
+        if any(run_dir.iterdir()) and not {"pretrain", "finetune"} & {p.name for p in run_dir.iterdir()}:
+            raise CodeinstructError(f"{run_dir}: exists and is not a demo folder; choose another --run-dir")
         shutil.rmtree(run_dir)  # the demo always starts fresh
+    console.rule("[bold]1/3 pretraining with Fill-in-the-Middle on the local standard library")
+    pretrain_recipe = load_recipe(recipe_path("tiny-pretrain-cpu"), [f"run_dir={run_dir / 'pretrain'}"])
+    _quiet_libraries()
+    from codeinstruct.train.loop import prepare_pretrain
+
+    with console.status("training a BPE tokenizer on the stdlib source and tokenizing the corpus"):
+        data = prepare_pretrain(pretrain_recipe)
+    base = _train_with_progress(pretrain_recipe, data, False, "pretrain").final_dir
+
+    console.rule("[bold]2/3 instruction fine-tuning (Alpaca prompts, response-only loss, packing)")
+    recipe = load_recipe(recipe_path("tiny-cpu"), [f"run_dir={run_dir / 'finetune'}", f"model.source={base}", "model.tokenizer=null"])
     result = run_finetune(recipe, resume=False)
+
+    console.rule("[bold]3/3 using it")
     model, tok = load_for_inference(result.final_dir)
-    held_out = load_records(run_dir / "held_out.jsonl")[:examples]
+    held_out = load_records(run_dir / "finetune" / "held_out.jsonl")[:examples]
     for record in held_out:
         answer = generate_response(model, tok, record.instruction, record.input, SamplingSettings(max_new_tokens=160))
-        console.rule("[bold]held-out instruction")
+        console.rule("held-out instruction", style="bold")
         console.print(record.instruction + (f"\n[dim]input:[/] {record.input}" if record.has_input else ""))
         console.rule("model's answer", style="green")
         console.print(answer, markup=False, highlight=False)
         console.rule("reference (from the standard library)", style="dim")
         console.print(record.response, markup=False, highlight=False, style="dim")
-    console.print(f"\nrun folder: {run_dir}  (metrics.jsonl, loss.png, final/)")
+    lines = held_out[0].response.splitlines(keepends=True) if held_out else []
+    if len(lines) >= 3:
+        prefix, suffix = lines[0], lines[-1]
+        base_model, base_tok = load_for_inference(base)
+        middle = complete_middle(base_model, base_tok, prefix, suffix, settings=SamplingSettings(max_new_tokens=60))
+        middle = "\n".join(line.rstrip() for line in middle.splitlines() if line.strip()) + "\n"  # a tiny model rambles
+        console.rule("Fill-in-the-Middle with the pretrained base (PSM): prefix | [green]middle[/] | suffix", style="bold")
+        console.print(escape(prefix) + "[green]" + escape(middle) + "[/]" + escape(suffix), highlight=False)
+    console.print(f"\nrun folders: {run_dir}/pretrain and {run_dir}/finetune  (metrics.jsonl, loss.png, final/)")
     console.print(f"try: codeinstruct generate --model {result.final_dir} \"Write a Python function that ...\"")
 
 

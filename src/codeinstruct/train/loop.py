@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,8 @@ def _fingerprint(recipe: Recipe, examples: list[TokenizedExample]) -> str:
     h.update(json.dumps([recipe.seed, recipe.data.max_length, recipe.data.packing, recipe.train.batch_size,
                          recipe.train.grad_accum, recipe.train.epochs]).encode())
     for e in examples:
-        h.update(len(e.input_ids).to_bytes(4, "little"))
-        h.update(str(e.input_ids[:8]).encode())
+        h.update(array("l", e.input_ids).tobytes())
+        h.update(array("l", e.labels).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -191,7 +192,7 @@ class TrainResult:
     steps: int
     final_loss: float
     target_tokens: int
-    seconds: float
+    seconds: float  # the training loop (this process), without writing final/
     resumed_from: int | None
     interrupted: bool = False
 
@@ -384,6 +385,7 @@ def train(
                             write_checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch + 1)
                         return TrainResult(run_dir, None, step, last_loss, tokens_seen,
                                            time.perf_counter() - t_start, resumed_from, interrupted=True)
+        train_seconds = time.perf_counter() - t_start  # the loop only, not the final save
         model.eval()
         save_hf_directory(model, data.tokenizer, final_dir)
         plot_loss(metrics_path, run_dir / "loss.png")
@@ -392,4 +394,4 @@ def train(
         if created_run_dir and not checkpoint_written:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return TrainResult(run_dir, final_dir, step, last_loss, tokens_seen, time.perf_counter() - t_start, resumed_from)
+    return TrainResult(run_dir, final_dir, step, last_loss, tokens_seen, train_seconds, resumed_from)
