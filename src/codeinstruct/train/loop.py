@@ -268,10 +268,9 @@ def train(
         raise CodeinstructError(
             f"tokenizer has {len(data.tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}"
         )
-    if recipe.data.max_length > model.config.n_positions:
-        raise CodeinstructError(
-            f"data.max_length={recipe.data.max_length} exceeds the model's {model.config.n_positions} positions"
-        )
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and recipe.data.max_length > positions:
+        raise CodeinstructError(f"data.max_length={recipe.data.max_length} exceeds the model's {positions} positions")
     if cfg.gradient_checkpointing:
         # renamed in transformers 5; the old name warns
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
