@@ -59,9 +59,9 @@ def _loss_sum(model, batch):
 def test_packed_logits_equal_each_example_alone(tiny_model):
     examples = _random_examples(6, 300)
     batch = collate_packed([examples[:3], examples[3:]], pad_id=0)
-    mask = batch.attention_mask
-    if tiny_model.config._attn_implementation == "eager":
-        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    from codeinstruct.train.loop import model_attention_mask
+
+    mask = model_attention_mask(tiny_model, batch.attention_mask)
     with torch.no_grad():
         packed = tiny_model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids).logits
         for row, group in enumerate([examples[:3], examples[3:]]):

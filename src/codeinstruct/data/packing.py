@@ -111,8 +111,3 @@ def collate_padded(examples: Sequence[TokenizedExample], pad_id: int, pad_to_mul
     n_targets = int((targets != IGNORE_INDEX).sum())
     return Batch(input_ids, targets, position_ids, attention_mask, n_targets)
 
-
-def plan_batches(lengths: Sequence[int], max_length: int, batch_size: int, packing: bool) -> list[list[list[int]]]:
-    """Micro-batches as lists of rows of example indices (a row is one example when not packing)."""
-    rows = pack_examples(lengths, max_length) if packing else [[i] for i in range(len(lengths))]
-    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]

@@ -114,14 +114,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
-def batch_loss_sum(model, batch: Batch, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the batch's target tokens (fp32)."""
-    mask = batch.attention_mask
+def model_attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
+    """The packed 4-D bool mask in the form the model's attention takes it."""
     if mask.dim() == 4 and model.config._attn_implementation == "eager":
         # eager attention adds the mask to the scores instead of selecting with it
-        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
             ~mask, torch.finfo(torch.float32).min
         )
+    return mask
+
+
+def batch_loss_sum(model, batch: Batch, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the batch's target tokens (fp32)."""
+    mask = model_attention_mask(model, batch.attention_mask)
     with torch.autocast(batch.input_ids.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids).logits
     return F.cross_entropy(
