@@ -44,6 +44,9 @@ def test_finetune_then_generate_returns_each_training_response(tmp_path, cli, ei
         code, out, err = cli(*args)
         assert code == 0, err
         assert out == record["response"] + "\n", f"record {i}"
+        code, streamed, err = cli(*args, "--stream")
+        assert code == 0, err
+        assert streamed == out, f"record {i} streamed"
 
 
 def _assert_clean_error(code, out, err, *needles):

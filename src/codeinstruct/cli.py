@@ -325,11 +325,15 @@ def generate(
     input_file: Annotated[Optional[Path], typer.Option(help="read the input context from a file")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 decodes greedily")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0, help="0: off")] = 0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(min=0.0, help="1: off")] = 1.0,
     seed: int = 0,
+    stream: Annotated[bool, typer.Option("--stream", help="print the answer as it is generated")] = False,
 ):
     """Answer an instruction with the Alpaca prompt; prints only the response."""
-    from codeinstruct.infer.generate import SamplingSettings, generate_response, load_for_inference
+    from codeinstruct.infer.engine import Engine
+    from codeinstruct.infer.generate import generate_response, stream_response
 
     if input is not None and input_file is not None:
         raise CodeinstructError("give --input or --input-file, not both")
@@ -339,10 +343,16 @@ def generate(
             context = input_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise CodeinstructError(f"{input_file}: cannot read ({e})") from None
+    params = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     _quiet_libraries()
-    m, tok = load_for_inference(model)
-    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    sys.stdout.write(generate_response(m, tok, instruction, context, settings) + "\n")
+    engine = Engine.from_pretrained(model, max_batch_size=1)
+    if stream:
+        for piece in stream_response(engine, instruction, context, params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(generate_response(engine, instruction, context, params) + "\n")
 
 
 @app.command("complete")
@@ -353,11 +363,13 @@ def complete(
     spm: Annotated[bool, typer.Option("--spm", help="suffix-prefix-middle order instead of prefix-suffix-middle")] = False,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 decodes greedily")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0, help="0: off")] = 0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     seed: int = 0,
 ):
     """Fill-in-the-Middle: print exactly the code that goes between the prefix and the suffix."""
-    from codeinstruct.infer.generate import SamplingSettings, complete_middle, load_for_inference
+    from codeinstruct.infer.engine import Engine
+    from codeinstruct.infer.generate import complete_middle
 
     texts = []
     for f in (prefix_file, suffix_file):
@@ -365,10 +377,19 @@ def complete(
             texts.append(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             raise CodeinstructError(f"{f}: cannot read ({e})") from None
+    params = _sampling(max_new_tokens, temperature, top_k, top_p, 1.0, seed)
     _quiet_libraries()
-    m, tok = load_for_inference(model)
-    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    sys.stdout.write(complete_middle(m, tok, texts[0], texts[1], spm=spm, settings=settings))
+    engine = Engine.from_pretrained(model, max_batch_size=1)
+    sys.stdout.write(complete_middle(engine, texts[0], texts[1], spm=spm, params=params))
+
+
+def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+    from codeinstruct.infer.sampling import SamplingParams
+
+    if top_p <= 0:
+        raise CodeinstructError("--top-p must be greater than 0")
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                          repetition_penalty=repetition_penalty, seed=seed)
 
 
 # ---------------------------------------------------------------- demo
@@ -386,7 +407,9 @@ def demo(
 
     from codeinstruct.config import load_recipe, recipe_path
     from codeinstruct.data.records import load_records
-    from codeinstruct.infer.generate import SamplingSettings, complete_middle, generate_response, load_for_inference
+    from codeinstruct.infer.engine import Engine
+    from codeinstruct.infer.generate import complete_middle, generate_response
+    from codeinstruct.infer.sampling import SamplingParams
 
     if run_dir.exists():
         if any(run_dir.iterdir()) and not {"pretrain", "finetune"} & {p.name for p in run_dir.iterdir()}:
@@ -406,10 +429,10 @@ def demo(
     result = run_finetune(recipe, resume=False)
 
     console.rule("[bold]3/3 using it")
-    model, tok = load_for_inference(result.final_dir)
+    engine = Engine.from_pretrained(result.final_dir, max_batch_size=1)
     held_out = load_records(run_dir / "finetune" / "held_out.jsonl")[:examples]
     for record in held_out:
-        answer = generate_response(model, tok, record.instruction, record.input, SamplingSettings(max_new_tokens=160))
+        answer = generate_response(engine, record.instruction, record.input, SamplingParams(max_new_tokens=160))
         console.rule("held-out instruction", style="bold")
         console.print(record.instruction + (f"\n[dim]input:[/] {record.input}" if record.has_input else ""))
         console.rule("model's answer", style="green")
@@ -419,8 +442,8 @@ def demo(
     lines = held_out[0].response.splitlines(keepends=True) if held_out else []
     if len(lines) >= 3:
         prefix, suffix = lines[0], lines[-1]
-        base_model, base_tok = load_for_inference(base)
-        middle = complete_middle(base_model, base_tok, prefix, suffix, settings=SamplingSettings(max_new_tokens=60))
+        base_engine = Engine.from_pretrained(base, max_batch_size=1)
+        middle = complete_middle(base_engine, prefix, suffix, params=SamplingParams(max_new_tokens=60))
         middle = "\n".join(line.rstrip() for line in middle.splitlines() if line.strip()) + "\n"  # a tiny model rambles
         console.rule("Fill-in-the-Middle with the pretrained base (PSM): prefix | [green]middle[/] | suffix", style="bold")
         console.print(escape(prefix) + "[green]" + escape(middle) + "[/]" + escape(suffix), highlight=False)

@@ -47,14 +47,15 @@ def format_target(response: str) -> str:
 
 
 def extract_response(generated: str) -> str:
-    """What the user sees of a generation: the separator dropped, cut at a new instruction turn."""
+    """What the user sees of a generation: the separator dropped, cut at a new instruction turn,
+    trailing whitespace dropped (the streamed response, `ResponseStream`, shows exactly this)."""
     if generated.startswith(RESPONSE_SEPARATOR):
         generated = generated[len(RESPONSE_SEPARATOR) :]
     for stop in STOP_STRINGS:
         cut = generated.find(stop)
         if cut != -1:
-            generated = generated[:cut].rstrip()
-    return generated
+            generated = generated[:cut]
+    return generated.rstrip()
 
 
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"

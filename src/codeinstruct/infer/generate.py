@@ -1,18 +1,29 @@
-"""Generation from the Alpaca prompt on top of transformers' generate().
+"""Generation from the Alpaca prompt and Fill-in-the-Middle completion, on the engine.
 
 The prompt is exactly the one training used (codeinstruct.prompts); decoding stops at EOS
 or when the model starts a new `### Instruction:` turn, and only the response is returned.
+FIM completion feeds the tokens training put before the middle and stops at EOS or any FIM token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from codeinstruct.errors import CodeinstructError
-from codeinstruct.prompts import STOP_STRINGS, FimTokens, extract_response, fim_prompt_ids, format_prompt
+from codeinstruct.infer.engine import Engine
+from codeinstruct.infer.sampling import SamplingParams
+from codeinstruct.prompts import (
+    RESPONSE_SEPARATOR,
+    STOP_STRINGS,
+    FimTokens,
+    extract_response,
+    fim_prompt_ids,
+    format_prompt,
+)
 
 
 @dataclass(frozen=True)
@@ -42,12 +53,64 @@ def load_for_inference(model_dir: str | Path, device: str = "auto"):
     return model.to(device).eval(), tokenizer
 
 
-@torch.inference_mode()
-def generate_text(model, tokenizer, prompt: str, settings: SamplingSettings = SamplingSettings()) -> str:
-    """The raw continuation of `prompt` (special tokens removed), stopped at EOS or a stop string."""
-    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=True, return_tensors="pt")["input_ids"]
-    return decode_continuation(model, tokenizer, ids, settings, stop_strings=STOP_STRINGS)
+def response_params(params: SamplingParams) -> SamplingParams:
+    """`params` with the Alpaca turn markers as stop strings."""
+    return replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP_STRINGS))))
 
+
+def generate_text(engine: Engine, prompt: str, params: SamplingParams = SamplingParams()) -> str:
+    """The raw continuation of `prompt` (special tokens removed), stopped at EOS or a new instruction turn."""
+    return engine.submit(prompt, response_params(params)).result().text
+
+
+def generate_response(engine: Engine, instruction: str, input: str = "", params: SamplingParams = SamplingParams()) -> str:
+    """The answer to one instruction, as the user sees it."""
+    return extract_response(generate_text(engine, format_prompt(instruction, input), params))
+
+
+def stream_response(engine: Engine, instruction: str, input: str = "", params: SamplingParams = SamplingParams()) -> Iterator[str]:
+    """The answer as it is generated: pieces whose concatenation is `generate_response`'s text."""
+    handle = engine.submit(format_prompt(instruction, input), response_params(params))
+    try:
+        yield from response_deltas(event.text for event in handle)
+    finally:
+        handle.cancel()  # a reader that stops early frees the slot
+
+
+def response_deltas(deltas: Iterable[str]) -> Iterator[str]:
+    """`extract_response` applied to a stream: the separator dropped, trailing whitespace held back."""
+    held, started = "", False
+    for delta in deltas:
+        text = held + delta
+        if not started:
+            if len(text) < len(RESPONSE_SEPARATOR) and RESPONSE_SEPARATOR.startswith(text):
+                held = text
+                continue
+            started = True
+            if text.startswith(RESPONSE_SEPARATOR):
+                text = text[len(RESPONSE_SEPARATOR) :]
+        body = text.rstrip()
+        held = text[len(body) :]
+        if body:
+            yield body
+
+
+def fim_request(engine: Engine, prefix: str, suffix: str, spm: bool = False,
+                params: SamplingParams = SamplingParams()) -> tuple[list[int], SamplingParams]:
+    """Prompt ids and parameters of a Fill-in-the-Middle request (stops at EOS or any FIM token)."""
+    tokens = FimTokens.from_tokenizer(engine.tokenizer)
+    ids = fim_prompt_ids(engine.tokenizer, prefix, suffix, spm, tokens)
+    return ids, replace(params, stop_token_ids=tuple(dict.fromkeys((*params.stop_token_ids, *tokens.all))))
+
+
+def complete_middle(engine: Engine, prefix: str, suffix: str, spm: bool = False,
+                    params: SamplingParams = SamplingParams()) -> str:
+    """Fill-in-the-Middle: the code between `prefix` and `suffix`."""
+    ids, params = fim_request(engine, prefix, suffix, spm, params)
+    return engine.submit(ids, params).result().text
+
+
+# transformers' generate(), kept as the reference the engine is tested against
 
 @torch.inference_mode()
 def decode_continuation(model, tokenizer, ids: torch.Tensor, settings: SamplingSettings, stop_strings=(), stop_ids=()) -> str:
@@ -74,16 +137,3 @@ def decode_continuation(model, tokenizer, ids: torch.Tensor, settings: SamplingS
         **kwargs,
     )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-
-
-def generate_response(model, tokenizer, instruction: str, input: str = "", settings: SamplingSettings = SamplingSettings()) -> str:
-    """The answer to one instruction, as the user sees it."""
-    return extract_response(generate_text(model, tokenizer, format_prompt(instruction, input), settings))
-
-
-def complete_middle(model, tokenizer, prefix: str, suffix: str, spm: bool = False,
-                    settings: SamplingSettings = SamplingSettings()) -> str:
-    """Fill-in-the-Middle: the code between `prefix` and `suffix`, stopped at EOS or any FIM token."""
-    tokens = FimTokens.from_tokenizer(tokenizer)
-    ids = torch.tensor([fim_prompt_ids(tokenizer, prefix, suffix, spm, tokens)])
-    return decode_continuation(model, tokenizer, ids, settings, stop_ids=tokens.all)
