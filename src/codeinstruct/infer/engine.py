@@ -188,6 +188,8 @@ class GPTBigCodeRunner:
             for b in t.h
         ]
         self.act = ACT2FN[cfg.activation_function]
+        if cfg.activation_function == "gelu_pytorch_tanh":  # the same kernel, without a module call per layer
+            self.act = lambda x: F.gelu(x, approximate="tanh")
         self.embed, self.heads = cfg.n_embd, cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.multi_query = bool(cfg.multi_query)
@@ -247,27 +249,41 @@ class GPTBigCodeRunner:
 
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         """One token for each of `slots` at `positions`: logits [B, V]."""
-        b, g = len(slots), self.heads // self.kv_heads
-        contiguous = slots == list(range(b))
-        slot_t = torch.tensor(slots, device=self.device)
-        pos_t = torch.tensor(positions, device=self.device)
+        b, g, d = len(slots), self.heads // self.kv_heads, self.head_dim
+        dev = self.device
         length = max(positions) + 1
-        mask = (torch.arange(length, device=self.device)[None, :] <= pos_t[:, None])[:, None, None, :]
-        x = self.wte[torch.tensor(tokens, device=self.device)] + self.wpe[pos_t]
+        pos_t = torch.tensor(positions, device=dev)
+        x = self.wte[torch.tensor(tokens, device=dev)] + self.wpe[pos_t]
+        single = b == 1
+        if single:  # its own length: no mask, plain slices
+            slot, pos = slots[0], positions[0]
+            mask = None
+        else:
+            slot_t = torch.tensor(slots, device=dev)
+            contiguous = slots == list(range(b))
+            mask = (torch.arange(length, device=dev)[None, :] <= pos_t[:, None])[:, None, None, :]
+            # where each new K/V row goes in the cache seen as [slots * kv_heads * max_len, D]
+            max_len = self.k[0].shape[2]
+            rows = ((slot_t[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=dev)[None, :]) * max_len
+                    + pos_t[:, None]).reshape(-1)
         for i, blk in enumerate(self.blocks):
             ln1, attn_w = blk[0], blk[1]
             h = F.layer_norm(x, (self.embed,), ln1[0], ln1[1], ln1[2])
             q, k, v = self._split(F.linear(h, *attn_w))
-            self.k[i][slot_t, :, pos_t] = k
-            self.v[i][slot_t, :, pos_t] = v
-            if contiguous:
-                keys, values = self.k[i][:b, :, :length], self.v[i][:b, :, :length]
+            cache_k, cache_v = self.k[i], self.v[i]
+            if single:
+                cache_k[slot, :, pos] = k[0]
+                cache_v[slot, :, pos] = v[0]
+                keys, values = cache_k[slot : slot + 1, :, :length], cache_v[slot : slot + 1, :, :length]
             else:
-                keys, values = self.k[i][slot_t, :, :length], self.v[i][slot_t, :, :length]
+                cache_k.view(-1, d).index_copy_(0, rows, k.reshape(-1, d))
+                cache_v.view(-1, d).index_copy_(0, rows, v.reshape(-1, d))
+                if contiguous:
+                    keys, values = cache_k[:b, :, :length], cache_v[:b, :, :length]
+                else:
+                    keys, values = cache_k[slot_t, :, :length], cache_v[slot_t, :, :length]
             # heads sharing a KV head ride along as that head's "query positions"
-            out = F.scaled_dot_product_attention(
-                q.reshape(b, self.kv_heads, g, self.head_dim), keys, values, attn_mask=mask, scale=self.scale
-            )
+            out = F.scaled_dot_product_attention(q.reshape(b, self.kv_heads, g, d), keys, values, attn_mask=mask, scale=self.scale)
             x = self._mlp_and_residual(x, out.reshape(b, self.embed), blk)
         x = F.layer_norm(x, (self.embed,), *self.ln_f[:2], self.ln_f[2])
         return F.linear(x, self.lm_head)
@@ -515,9 +531,10 @@ class Engine:
         logits = self.runner.decode([s.slot for s in seqs], [s.tokens[-1] for s in seqs], [s.position for s in seqs])
         greedy_rows = [i for i, s in enumerate(seqs) if s.request.params.plain_greedy]
         choices: dict[int, int] = {}
-        if greedy_rows:
-            picked = logits[greedy_rows].argmax(-1).tolist()
-            choices = dict(zip(greedy_rows, picked))
+        if len(greedy_rows) == len(seqs):
+            choices = dict(enumerate(logits.argmax(-1).tolist()))
+        elif greedy_rows:
+            choices = dict(zip(greedy_rows, logits[greedy_rows].argmax(-1).tolist()))
         for i, s in enumerate(seqs):
             token = choices.get(i)
             if token is None:
