@@ -18,6 +18,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LoraSection(_Strict):
+    r: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # None: GPTBigCode's attention and MLP projections (c_attn, c_proj, c_fc, q_attn where present);
+    # for other architectures peft's defaults for the model type.
+    target_modules: list[str] | None = None
+
+
 class ModelSection(_Strict):
     # `preset:NAME` (random init, see codeinstruct.modeling.PRESETS), a local HF directory, or a
     # hub id already in the local cache (nothing is downloaded).
@@ -27,6 +36,10 @@ class ModelSection(_Strict):
     # Overrides the checkpoint's dropout (None keeps it; presets default to 0).
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # full: every weight trains. lora: low-rank adapters (peft) on a frozen base; final/ holds the
+    # merged model, adapter/ the adapter alone.
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSection = LoraSection()
 
 
 class DataSection(_Strict):
@@ -47,7 +60,10 @@ class DataSection(_Strict):
 
 class TrainSection(_Strict):
     epochs: int = Field(default=3, ge=1)
-    batch_size: int = Field(default=8, ge=1)  # rows (packed sequences or single examples) per micro-batch
+    # Rows (packed sequences or single examples) per micro-batch. One optimizer step takes
+    # batch_size x grad_accum rows in all, whatever the number of processes: under torchrun each
+    # process gets an equal share of the step's rows and runs it in micro-batches of batch_size.
+    batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     lr: float = Field(default=2e-5, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -64,9 +80,12 @@ class TrainSection(_Strict):
 
 
 class DistributedSection(_Strict):
+    # Under torchrun (more than one process) the model is always sharded with FSDP2; `fsdp` here
+    # records that the recipe is meant for it.
     strategy: Literal["none", "fsdp"] = "none"
-    # The card's setup, recorded for planning; the process count comes from torchrun.
+    # The card's setup, for `codeinstruct plan`; the process count comes from torchrun.
     gpus: int | None = Field(default=None, ge=1)
+    cpu_offload: bool = False  # FSDP2: keep sharded parameters, gradients and optimizer state in CPU memory
 
 
 class Recipe(_Strict):

@@ -42,14 +42,15 @@ def test_accumulated_gradient_equals_one_big_batch(tokenizer, eight_records):
     torch.manual_seed(0)
     model = load_model("preset:tiny", tokenizer=tokenizer)
 
+    n_targets = sum(e.n_targets for e in examples)
+
     def grads(batches):
         model.zero_grad()
-        loss, n = accumulate_gradients(model, batches, "cpu", None)
-        return loss, n, [p.grad.clone() for p in model.parameters()]
+        loss_sum = accumulate_gradients(model, [(b, 1.0) for b in batches], "cpu", None, n_targets)
+        return loss_sum / n_targets, [p.grad.clone() for p in model.parameters()]
 
-    big_loss, big_n, big = grads([collate_padded(examples, 0)])
-    acc_loss, acc_n, acc = grads([collate_padded([e], 0) for e in examples])
-    assert big_n == acc_n
+    big_loss, big = grads([collate_padded(examples, 0)])
+    acc_loss, acc = grads([collate_padded([e], 0) for e in examples])
     assert abs(big_loss - acc_loss) < 1e-5
     for a, b in zip(big, acc):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -1,9 +1,11 @@
-"""Resumable training checkpoints, written atomically.
+"""Resumable training checkpoints, written atomically, readable at any world size.
 
-`checkpoints/step-N/` holds the model weights (safetensors), optimizer, scheduler and RNG
-states and `state.json` (step, data position, data fingerprint). It is written as
-`step-N.tmp/` and renamed only when complete, so a crash mid-write leaves the previous
-checkpoint as the latest good one; stale `.tmp` directories are removed on resume.
+`checkpoints/step-N/` holds `weights/` (model and optimizer state in torch.distributed.checkpoint's
+format: each rank writes its own shards, keyed by parameter name, so a checkpoint made by 2
+processes resumes in 1 or 4 and the other way round), the scheduler and RNG states and
+`state.json` (step, data position, data fingerprint). It is written as `step-N.tmp/` and renamed
+by rank 0 only when every rank has finished, so a crash mid-write leaves the previous checkpoint as
+the latest good one; stale `.tmp` directories are removed on resume.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.train.distributed import Distributed
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -37,23 +40,34 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
+                    dist: Distributed = Distributed()) -> Path:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f"step-{step}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(ckpt_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if dist.main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # one process: DCP says it assumes so
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "weights"), no_dist=not dist.sharded)
+    if dist.main:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "world_size": dist.world}, indent=2))
+    dist.barrier()
+    if dist.main:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(ckpt_root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
 
 
@@ -65,22 +79,30 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest_checkpoint(ckpt_root: Path, model, optimizer, scheduler) -> dict | None:
+def load_latest_checkpoint(ckpt_root: Path, model, optimizer, scheduler, dist: Distributed = Distributed()) -> dict | None:
     """Restore the newest complete checkpoint into the given objects; its state dict, or None."""
-    for stale in ckpt_root.glob("step-*.tmp") if ckpt_root.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     checkpoints = list_checkpoints(ckpt_root)
+    dist.barrier()
+    if dist.main:
+        for stale in ckpt_root.glob("step-*.tmp") if ckpt_root.is_dir() else []:
+            shutil.rmtree(stale, ignore_errors=True)
     if not checkpoints:
         return None
     path = checkpoints[-1]
     try:
         state = json.loads((path / "state.json").read_text())
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-        if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
-            raise CodeinstructError(f"{path}: checkpoint weights do not match the recipe's model")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        model_state, optim_state = get_state_dict(model, optimizer)
+        wanted = {"model": model_state, "optim": optim_state}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(wanted, checkpoint_id=str(path / "weights"), no_dist=not dist.sharded)
+        set_state_dict(model, optimizer, model_state_dict=wanted["model"], optim_state_dict=wanted["optim"])
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise CodeinstructError(f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0]})") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CodeinstructError(f"{path}: cannot resume from this checkpoint ({reason})") from None
     return state

@@ -33,6 +33,7 @@ from codeinstruct.errors import CodeinstructError
 from codeinstruct.modeling import load_model, save_hf_directory
 from codeinstruct.tokenizer import resolve_tokenizer
 from codeinstruct.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from codeinstruct.train.distributed import full_state_dict, init_distributed, rank_micro_batches, shard_model
 
 
 @dataclass
@@ -134,20 +135,27 @@ def batch_loss_sum(model, batch: Batch, amp_dtype: torch.dtype | None) -> torch.
     )
 
 
-def accumulate_gradients(model, batches: list[Batch], device, amp_dtype) -> tuple[float, int]:
-    """Backward over the micro-batches of one optimizer step; returns (loss per target token, targets).
+def accumulate_gradients(model, batches: list[tuple[Batch, float]], device, amp_dtype, n_targets: int,
+                         world: int = 1) -> float:
+    """Backward over this process's micro-batches of one optimizer step; returns their summed loss.
 
-    Each micro-batch's summed loss is divided by the target count of the whole step, so the
-    gradient is that of one big batch: a mean of per-micro-batch means would overweight the
-    tokens of short micro-batches.
+    Each micro-batch's summed loss is divided by the target count of the whole step (over all
+    processes), so the gradient is that of one big batch: a mean of per-micro-batch means would
+    overweight the tokens of short micro-batches. FSDP averages gradients over the processes,
+    hence the factor `world`. A micro-batch of weight 0 only keeps the processes' collectives in step.
     """
-    n_targets = sum(b.n_targets for b in batches)
     total = 0.0
-    for batch in batches:
+    for batch, weight in batches:
         loss_sum = batch_loss_sum(model, batch.to(device), amp_dtype)
-        (loss_sum / n_targets).backward()
-        total += loss_sum.item()
-    return total / n_targets, n_targets
+        (loss_sum * (weight * world / n_targets)).backward()
+        total += weight * loss_sum.item()
+    return total
+
+
+def row_target_counts(examples: list[TokenizedExample], rows: list[list[int]]) -> list[int]:
+    """Target tokens of each row (what a Batch of it would count), without collating."""
+    per_example = [sum(1 for label in e.labels[1:] if label != IGNORE_INDEX) for e in examples]
+    return [sum(per_example[i] for i in row) for row in rows]
 
 
 def make_rows(examples: list[TokenizedExample], max_length: int, packing: bool) -> list[list[int]]:
@@ -250,25 +258,22 @@ def train(
     ckpt_root = run_dir / "checkpoints"
     final_dir = run_dir / "final"
     metrics_path = run_dir / "metrics.jsonl"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise CodeinstructError("multi-process (torchrun/FSDP) fine-tuning is not available yet; run one process")
 
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise CodeinstructError(f"{run_dir}: run folder already exists; pass --resume to continue it, or set run_dir=...")
     if resume and final_dir.exists():
         raise CodeinstructError(f"{run_dir}: this run already finished (final/ exists); nothing to resume")
     created_run_dir = not run_dir.exists()
+    dist = init_distributed(cfg.device)
+    dist.barrier()  # every rank has checked the folder before rank 0 writes to it
 
-    device = pick_device(cfg.device)
+    device = dist.device
     amp_dtype = autocast_dtype(cfg.precision, device)
+    # sharded on GPUs, FSDP's mixed precision gathers bf16 parameters instead of autocasting
+    fsdp_bf16 = dist.sharded and device.type == "cuda" and amp_dtype == torch.bfloat16
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
-    model = load_model(
-        recipe.model.source,
-        tokenizer=data.tokenizer,
-        dropout=recipe.model.dropout,
-        attn_implementation=recipe.model.attn_implementation,
-    ).to(device)
+    model = _build_model(recipe, data.tokenizer).to(device)
     if len(data.tokenizer) > model.config.vocab_size:
         raise CodeinstructError(
             f"tokenizer has {len(data.tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}"
@@ -281,18 +286,26 @@ def train(
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
         model.config.use_cache = False
+        if recipe.model.method == "lora":
+            model.enable_input_require_grads()  # frozen embeddings would cut the recomputed graph
+    if dist.sharded:
+        model = shard_model(model, dist, bf16=fsdp_bf16, cpu_offload=recipe.distributed.cpu_offload)
+        if fsdp_bf16:
+            amp_dtype = None
     model.train()
 
     examples = data.examples
     pad_id = data.tokenizer.eos_token_id  # never a target: padded positions carry IGNORE_INDEX
     rows = make_rows(examples, recipe.data.max_length, recipe.data.packing)
+    row_targets = row_target_counts(examples, rows)
     micro_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
     total_steps = cfg.epochs * steps_per_epoch
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "ln" in name else decay).append(p)
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "ln" in name else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -311,7 +324,7 @@ def train(
     step, start_epoch, start_step_in_epoch, tokens_seen = 0, 0, 0, 0
     resumed_from = None
     if resume:
-        state = load_latest_checkpoint(ckpt_root, model, optimizer, scheduler)
+        state = load_latest_checkpoint(ckpt_root, model, optimizer, scheduler, dist)
         if state is not None:
             if state["fingerprint"] != fingerprint:
                 raise CodeinstructError(
@@ -320,12 +333,13 @@ def train(
             step, start_epoch, start_step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
             tokens_seen = state["target_tokens"]
             resumed_from = step
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "config.yaml", recipe.to_yaml())
-    # Metrics past the resumed checkpoint describe steps that will be redone.
-    kept = [m for m in _read_metrics(metrics_path) if m["step"] <= step]
-    _write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
-    if data.held_out:
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(run_dir / "config.yaml", recipe.to_yaml())
+        # Metrics past the resumed checkpoint describe steps that will be redone.
+        kept = [m for m in _read_metrics(metrics_path) if m["step"] <= step]
+        _write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+    if data.held_out and dist.main:
         _write_atomic(run_dir / "held_out.jsonl", "".join(
             json.dumps({"instruction": r.instruction, "input": r.input, "response": r.response}) + "\n"
             for r in data.held_out
@@ -341,28 +355,31 @@ def train(
         nonlocal checkpoint_written
         state = dict(step=step, epoch=epoch, step_in_epoch=step_in_epoch, target_tokens=tokens_seen,
                      fingerprint=fingerprint, total_steps=total_steps)
-        path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+        path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, cfg.keep_checkpoints, dist)
         checkpoint_written = True
-        plot_loss(metrics_path, run_dir / "loss.png")
-        observer.checkpoint(path)
+        if dist.main:
+            plot_loss(metrics_path, run_dir / "loss.png")
+            observer.checkpoint(path)
 
     try:
-        with metrics_path.open("a") as metrics_file:
+        with (metrics_path.open("a") if dist.main else open(os.devnull, "w")) as metrics_file:
             for epoch in range(start_epoch, cfg.epochs):
                 if epoch > 0 and data.examples_for_epoch is not None:
                     examples = data.epoch_examples(epoch)
                     rows = make_rows(examples, recipe.data.max_length, recipe.data.packing)
+                    row_targets = row_target_counts(examples, rows)
                     assert math.ceil(len(rows) / cfg.batch_size) == micro_per_epoch, "epochs must have equal steps"
                 micro = epoch_micro_batches(len(rows), cfg.batch_size, recipe.seed, epoch)
                 steps = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
                 first = start_step_in_epoch if epoch == start_epoch else 0
                 for step_in_epoch in range(first, len(steps)):
-                    batches = [collate_rows(examples, rows, ids, recipe.data.packing, pad_id) for ids in steps[step_in_epoch]]
-                    last_loss, n_targets = accumulate_gradients(model, batches, device, amp_dtype)
-                    if cfg.max_grad_norm is not None:
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-                    else:
-                        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+                    step_rows = [r for ids in steps[step_in_epoch] for r in ids]
+                    n_targets = sum(row_targets[r] for r in step_rows)  # over all processes
+                    batches = [(collate_rows(examples, rows, ids, recipe.data.packing, pad_id), weight)
+                               for ids, weight in rank_micro_batches(step_rows, cfg.batch_size, dist.rank, dist.world)]
+                    local_loss = accumulate_gradients(model, batches, device, amp_dtype, n_targets, dist.world)
+                    last_loss = dist.sum(local_loss) / n_targets
+                    grad_norm = _clip_gradients(model, cfg.max_grad_norm)
                     lr = scheduler.get_last_lr()[0]
                     optimizer.step()
                     scheduler.step()
@@ -376,26 +393,73 @@ def train(
                                    lr=lr, grad_norm=round(grad_norm, 6), target_tokens=tokens_seen,
                                    tokens_per_s=round(tokens_window / max(now - t_window, 1e-9), 1),
                                    elapsed_s=round(now - t_start, 3))
-                    if step % cfg.log_every == 0 or step == total_steps:
+                    if dist.main and (step % cfg.log_every == 0 or step == total_steps):
                         metrics_file.write(json.dumps(metrics) + "\n")
                         metrics_file.flush()
                         t_window, tokens_window = now, 0
-                    observer.step(metrics)
+                    if dist.main:
+                        observer.step(metrics)
                     at_epoch_end = step_in_epoch + 1 == len(steps)
                     if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                         write_checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch + 1)
-                    if should_stop is not None and should_stop() and step < total_steps:
+                    if should_stop is not None and dist.any(should_stop()) and step < total_steps:
                         if not (cfg.save_every and step % cfg.save_every == 0):
                             write_checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch + 1)
+                        dist.close()
                         return TrainResult(run_dir, None, step, last_loss, tokens_seen,
                                            time.perf_counter() - t_start, resumed_from, interrupted=True)
         train_seconds = time.perf_counter() - t_start  # the loop only, not the final save
         model.eval()
-        save_hf_directory(model, data.tokenizer, final_dir)
-        plot_loss(metrics_path, run_dir / "loss.png")
+        _save_final(recipe, model, data.tokenizer, run_dir, dist)
+        if dist.main:
+            plot_loss(metrics_path, run_dir / "loss.png")
     except BaseException:
         # A run that never reached a checkpoint holds nothing to resume: leave no half-made folder.
-        if created_run_dir and not checkpoint_written:
+        if created_run_dir and not checkpoint_written and dist.main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    dist.close()
     return TrainResult(run_dir, final_dir, step, last_loss, tokens_seen, train_seconds, resumed_from)
+
+
+def _build_model(recipe: Recipe, tokenizer):
+    model = load_model(
+        recipe.model.source,
+        tokenizer=tokenizer,
+        dropout=recipe.model.dropout,
+        attn_implementation=recipe.model.attn_implementation,
+    )
+    if recipe.model.method == "lora":
+        from codeinstruct.train.lora import apply_lora
+
+        model = apply_lora(model, recipe.model.lora)
+    return model
+
+
+def _clip_gradients(model, max_norm: float | None) -> float:
+    """Clip to max_norm (None: only measure); the total norm over all processes' shards."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _save_final(recipe: Recipe, model, tokenizer, run_dir: Path, dist) -> None:
+    """final/ as a Hugging Face directory (merged, for LoRA, with the adapter in adapter/)."""
+    state = full_state_dict(model) if dist.sharded else None  # a collective: every rank
+    if dist.main:
+        if dist.sharded:  # an unsharded copy to hold the gathered weights
+            model = _build_model(recipe, tokenizer)
+            model.load_state_dict(state, strict=False)
+            model.eval()
+        if recipe.model.method == "lora":
+            from codeinstruct.train.lora import save_adapter_and_merged
+
+            save_adapter_and_merged(model, tokenizer, run_dir / "adapter", run_dir / "final")
+        else:
+            save_hf_directory(model, tokenizer, run_dir / "final")
+    dist.barrier()
