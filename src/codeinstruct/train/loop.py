@@ -454,7 +454,9 @@ def _save_final(recipe: Recipe, model, tokenizer, run_dir: Path, dist) -> None:
     if dist.main:
         if dist.sharded:  # an unsharded copy to hold the gathered weights
             model = _build_model(recipe, tokenizer)
-            model.load_state_dict(state, strict=False)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:  # lm_head is tied to wte
+                raise CodeinstructError(f"gathered weights do not fit the model: {(unexpected or missing)[:3]}")
             model.eval()
         if recipe.model.method == "lora":
             from codeinstruct.train.lora import save_adapter_and_merged
