@@ -314,6 +314,58 @@ def pretrain(
     _train_with_progress(recipe, data, resume, "pretrain")
 
 
+@app.command("plan")
+def plan_command(
+    recipe: Annotated[str, typer.Argument(help="recipe YAML file, or the name of a bundled recipe")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. train.batch_size=2")] = None,
+    gpus: Annotated[Optional[int], typer.Option(min=1, help="GPUs sharing the model (default: the recipe's distributed.gpus, else 1)")] = None,
+    gpu_mem: Annotated[float, typer.Option(min=1.0, help="memory per GPU in GiB")] = 80.0,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+):
+    """Per-GPU memory of training a recipe (full vs LoRA, with/without activation checkpointing): does it fit?"""
+    from rich.table import Table
+
+    from codeinstruct.config import load_recipe, recipe_path
+    from codeinstruct.train.plan import GIB, plan
+
+    r = load_recipe(recipe_path(recipe), overrides or [])
+    shape, n_gpus, rows = plan(r, gpus)
+    chosen = next(e for e in rows if e.method == r.model.method and e.checkpointing == r.train.gradient_checkpointing)
+    if json_out:
+        sys.stdout.write(json.dumps({
+            "model": shape.description, "parameters": shape.parameters, "gpus": n_gpus, "gpu_mem_gib": gpu_mem,
+            "micro_batch": r.train.batch_size, "max_length": r.data.max_length,
+            "estimates": [{"method": e.method, "activation_checkpointing": e.checkpointing,
+                           **{k: round(getattr(e, k) / GIB, 2) for k in
+                              ("parameters", "gradients", "optimizer", "buffers", "activations", "overhead", "total")},
+                           "fits": e.total <= gpu_mem * GIB} for e in rows],
+            "recipe": {"method": chosen.method, "activation_checkpointing": chosen.checkpointing,
+                       "total_gib": round(chosen.total / GIB, 2), "fits": chosen.total <= gpu_mem * GIB},
+        }, indent=2) + "\n")
+        return
+    console.print(f"{shape.description}: {shape.parameters / 1e9:.2f}B parameters; {n_gpus} GPU(s) x {gpu_mem:g} GiB; "
+                  f"micro-batch {r.train.batch_size} x {r.data.max_length} tokens; LoRA rank {r.model.lora.r} "
+                  f"trains {shape.lora_parameters / 1e6:.1f}M")
+    table = Table(title="per-GPU memory, GiB (estimate; * = the recipe's settings)")
+    for col in ("method", "ckpt", "params", "grads", "adam", "gather", "acts", "other", "total", "fits"):
+        table.add_column(col, justify="left" if col in ("method", "ckpt", "fits") else "right")
+    for e in rows:
+        fits = e.total <= gpu_mem * GIB
+        table.add_row(e.method + ("*" if e is chosen else ""), "on" if e.checkpointing else "off",
+                      *(f"{getattr(e, k) / GIB:.1f}" for k in ("parameters", "gradients", "optimizer", "buffers", "activations", "overhead", "total")),
+                      "[green]yes[/]" if fits else "[red]no[/]")
+    console.print(table)
+    fitting = [e for e in rows if e.total <= gpu_mem * GIB]
+    verdict = "fits" if chosen.total <= gpu_mem * GIB else "does NOT fit"
+    console.print(f"the recipe ({chosen.method}, activation checkpointing {'on' if chosen.checkpointing else 'off'}) "
+                  f"{verdict}: {chosen.total / GIB:.1f} of {gpu_mem:g} GiB per GPU")
+    if chosen.total > gpu_mem * GIB and fitting:
+        best = min(fitting, key=lambda e: (e.method != chosen.method, e.checkpointing != chosen.checkpointing))
+        console.print(f"what fits: model.method={best.method} train.gradient_checkpointing={str(best.checkpointing).lower()}")
+    elif not fitting:
+        console.print("nothing fits: use more GPUs (--gpus), a shorter data.max_length or train.batch_size=1")
+
+
 # ---------------------------------------------------------------- generate
 
 
@@ -458,7 +510,14 @@ app.add_typer(eval_app, name="eval")
 
 
 def _eval_progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     # On stderr, so that --json output stays parseable.
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -509,7 +568,11 @@ def eval_score(
 
     from codeinstruct.evaluate.passk import DEFAULT_KS
     from codeinstruct.evaluate.sandbox import SandboxLimits
-    from codeinstruct.evaluate.scoring import default_results_path, score_samples, write_report
+    from codeinstruct.evaluate.scoring import (
+        default_results_path,
+        score_samples,
+        write_report,
+    )
 
     if not allow_code_execution:
         raise CodeinstructError("scoring runs the samples' code (in a sandbox); add --allow-code-execution to allow it")
@@ -564,7 +627,9 @@ def eval_leaderboard(
     table.add_column("Metric")
     table.add_column("Value", justify="right")
     table.add_column(f"{CARD_MODEL} card", justify="right")
-    fmt = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     table.add_row("Avg.", fmt(report.average), fmt(report.card_average), style="bold")
     for row in report.rows:
         table.add_row(row.label, fmt(row.score), fmt(row.card))
@@ -573,6 +638,110 @@ def eval_leaderboard(
         write_json(out, report.as_dict())
         console.print(f"results: {out}", highlight=False)
 
+
+# ---------------------------------------------------------------- attribute
+
+attribute_app = typer.Typer(help="Find where generated code came from: repository, path, license and lines.", no_args_is_help=True)
+app.add_typer(attribute_app, name="attribute")
+
+
+@attribute_app.command("index")
+def attribute_index(
+    sources: Annotated[list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the index directory to write")],
+    add: Annotated[bool, typer.Option("--add", help="add the documents to the index already at --out")] = False,
+    include: Annotated[Optional[list[str]], typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable")] = None,
+    max_file_bytes: Annotated[int, typer.Option(min=1, help="skip files larger than this")] = 1_000_000,
+    min_tokens: Annotated[Optional[int], typer.Option(min=8, help="shortest shared span the index guarantees to find (default 50)")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="processes (default: one per CPU)")] = None,
+):
+    """Index a code corpus for attribution: token views, a Bloom filter and winnowed fingerprints."""
+    from rich.filesize import decimal
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    from codeinstruct.attribution import build_index
+
+    # On stderr, like `corpus stats`, so that stdout holds only the result.
+    columns = (SpinnerColumn(), TextColumn("{task.fields[documents]:,} documents"), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("indexing", total=None, documents=0)
+        summary = build_index(
+            sources, out, add=add, include=include or None, max_file_bytes=max_file_bytes, min_tokens=min_tokens, workers=workers,
+            progress=lambda done, documents: progress.update(task, completed=done, documents=documents),
+        )
+    what = f"added {summary.added:,} documents; {out} holds" if add else f"indexed {summary.documents:,} documents into {out}:"
+    console.print(
+        f"{what} {summary.documents:,} documents ({summary.texts:,} distinct, {decimal(summary.corpus_bytes)}) in "
+        f"{decimal(summary.index_bytes)} ({summary.size_ratio:.1%} of the corpus); every shared span of "
+        f"{summary.min_tokens} tokens or more is found",
+        highlight=False,
+    )
+
+
+def _print_matches(report, prefix: str = "") -> None:
+    for m in report.matches:
+        copies = f"{m.copies} copies" if m.copies > 1 else "1 copy"
+        console.print(
+            f"{prefix}lines {m.query_lines[0]}-{m.query_lines[1]}  {m.kind}  {m.tokens} tokens  "
+            f"{m.repo} {m.path}:{m.source_lines[0]}-{m.source_lines[1]}  {m.license or 'license unknown'}  ({copies})",
+            markup=False, highlight=False,
+        )
+
+
+@attribute_app.command("check")
+def attribute_check(
+    index: Annotated[Path, typer.Argument(help="an index written by `attribute index`")],
+    file: Annotated[Optional[str], typer.Argument(help="the code to check: a file, or - for standard input")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    min_tokens: Annotated[Optional[int], typer.Option(help="shortest span to report (default: the index's, 50)")] = None,
+    language: Annotated[Optional[str], typer.Option(help="language of the code, e.g. Python (default: the file's, else every language indexed)")] = None,
+    benchmark: Annotated[Optional[str], typer.Option(help="check a benchmark's problems instead: humaneval")] = None,
+):
+    """Where code came from: every span of --min-tokens or more tokens it shares with the index,
+    verbatim or renamed, with repository, path, license and line ranges."""
+    from codeinstruct.attribution import AttributionIndex
+
+    if file is None and benchmark is None:
+        raise CodeinstructError("give the code to check: a FILE, - for standard input, or --benchmark humaneval")
+    if file is not None and benchmark is not None:
+        raise CodeinstructError("give a FILE or --benchmark, not both")
+    opened = AttributionIndex.open(index)
+    if benchmark is not None:
+        from codeinstruct.attribution.decontaminate import check_benchmark
+
+        with console.status(f"checking {benchmark} against {index}"):
+            result = check_benchmark(opened, benchmark, min_tokens=min_tokens)
+        if as_json:
+            print(json.dumps(result.as_dict()))
+            return
+        console.print(f"{result.benchmark}: {len(result.overlapping)} of {result.problems} problems overlap the index "
+                      f"(spans of {result.min_tokens} tokens or more)", highlight=False)
+        for task_id, report in result.overlapping:
+            _print_matches(report, prefix=f"{task_id}: ")
+        if result.licenses:
+            console.print("licenses: " + ", ".join(f"{name} {n}" for name, n in result.licenses.items()), highlight=False)
+        return
+    if file == "-":
+        code = sys.stdin.read()
+    else:
+        try:
+            code = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CodeinstructError(f"{file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        if language is None:
+            from codeinstruct.data.corpus import language_of
+
+            # The file's language when the index has it; otherwise read it as every indexed language.
+            language = language_of(file) if language_of(file) in opened.manifest["languages"] else None
+    report = opened.check(code, min_tokens=min_tokens, language=language)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    if not report.matches:
+        console.print(f"no span of {report.min_tokens} or more tokens found in the index", highlight=False)
+        return
+    _print_matches(report)
+    console.print("licenses: " + ", ".join(f"{name} {n}" for name, n in report.licenses.items()), highlight=False)
 
 
 def main() -> None:
