@@ -661,9 +661,9 @@ def attribute_index(
 
     from codeinstruct.attribution import build_index
 
-    # On stderr, like `corpus stats`, so that stdout holds only the result.
+    # On stderr, like `corpus stats`, so that stdout holds only the result; none when stderr is not a terminal.
     columns = (SpinnerColumn(), TextColumn("{task.fields[documents]:,} documents"), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         task = progress.add_task("indexing", total=None, documents=0)
         summary = build_index(
             sources, out, add=add, include=include or None, max_file_bytes=max_file_bytes, min_tokens=min_tokens, workers=workers,
