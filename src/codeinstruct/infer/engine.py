@@ -126,6 +126,7 @@ class RequestHandle:
     def cancel(self) -> None:
         """Stop this request; its slots are freed at the engine's next step."""
         self.cancel_requested = True
+        self.engine._cancel_pending = True
         self.engine._wake()
 
     def __iter__(self):
@@ -371,6 +372,7 @@ class Engine:
         self._free_slots = list(range(max_batch_size))
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._cancel_pending = False
         self.steps = 0
 
     @classmethod
@@ -482,6 +484,9 @@ class Engine:
             return bool(prefilled or decoding)
 
     def _drop_cancelled(self) -> None:
+        if not self._cancel_pending:
+            return
+        self._cancel_pending = False
         for r in [r for r in self._waiting if r.cancel_requested]:
             self._waiting.remove(r)
             for s in r.sequences:
