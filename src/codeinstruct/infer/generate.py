@@ -8,7 +8,7 @@ FIM completion feeds the tokens training put before the middle and stops at EOS 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,14 +24,6 @@ from codeinstruct.prompts import (
     fim_prompt_ids,
     format_prompt,
 )
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
 
 
 def load_for_inference(model_dir: str | Path, device: str = "auto"):
@@ -108,32 +100,3 @@ def complete_middle(engine: Engine, prefix: str, suffix: str, spm: bool = False,
     """Fill-in-the-Middle: the code between `prefix` and `suffix`."""
     ids, params = fim_request(engine, prefix, suffix, spm, params)
     return engine.submit(ids, params).result().text
-
-
-# transformers' generate(), kept as the reference the engine is tested against
-
-@torch.inference_mode()
-def decode_continuation(model, tokenizer, ids: torch.Tensor, settings: SamplingSettings, stop_strings=(), stop_ids=()) -> str:
-    """Decode after prompt ids [1, T] until EOS, a stop id or a stop string; the new text without special tokens."""
-    ids = ids.to(model.device)
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    max_new = settings.max_new_tokens
-    if limit is not None:
-        if ids.shape[1] >= limit:
-            raise CodeinstructError(f"the prompt has {ids.shape[1]} tokens; the model's context is {limit}")
-        max_new = min(max_new, limit - ids.shape[1])
-    sampling = settings.temperature > 0
-    kwargs = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) if sampling else dict(do_sample=False)
-    if sampling:
-        torch.manual_seed(settings.seed)
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new,
-        eos_token_id=[tokenizer.eos_token_id, *stop_ids],
-        pad_token_id=tokenizer.eos_token_id,
-        stop_strings=list(stop_strings) or None,
-        tokenizer=tokenizer,
-        **kwargs,
-    )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -23,6 +23,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1: off; > 1 discourages tokens already in prompt or output
     seed: int = 0
     n: int = 1  # samples per prompt, sharing one prefill
+    first_sample: int = 0  # sample i of the request is sample first_sample + i of (seed): for splitting large n
     stop: tuple[str, ...] = ()  # cut before the first occurrence; never emitted
     stop_token_ids: tuple[int, ...] = ()  # besides EOS
     ignore_eos: bool = False  # benchmarks: always produce max_new_tokens
