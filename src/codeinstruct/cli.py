@@ -703,8 +703,7 @@ def attribute_check(
     language: Annotated[str | None, typer.Option(help="language of the code, e.g. Python (default: the file's, else every language indexed)")] = None,
     benchmark: Annotated[str | None, typer.Option(help="check a benchmark's problems instead: humaneval")] = None,
 ):
-    """Where code came from: every span of --min-tokens or more tokens it shares with the index,
-    verbatim or renamed, with repository, path, license and line ranges."""
+    """Where code came from: every span of --min-tokens or more tokens shared with the index, verbatim or renamed."""
     from codeinstruct.attribution import AttributionIndex
 
     if file is None and benchmark is None:

@@ -14,16 +14,13 @@ from functools import lru_cache
 
 
 def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-character stand-ins for the 256 bytes, inverted."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    shift = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + shift)
-            shift += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+    """Byte-level BPE's alphabet inverted: a byte that is a printable Latin-1 character stands for
+    itself; the other 68 (controls, space, DEL, NBSP, soft hyphen) stand in order at chr(256)...chr(323)."""
+    def printable(b: int) -> bool:
+        return 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF
+
+    stand_ins = iter(range(256, 256 + 68))
+    return {chr(b if printable(b) else next(stand_ins)): b for b in range(256)}
 
 
 @lru_cache(maxsize=8)

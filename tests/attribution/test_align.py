@@ -1,0 +1,75 @@
+"""Exact verification: which aligned spans count as real copies."""
+
+from __future__ import annotations
+
+from codeinstruct.attribution.align import aligned_runs
+from codeinstruct.attribution.fingerprint import previous_same
+from codeinstruct.attribution.normalize import scanner_for, view_of
+
+from .conftest import HULL, lines_of
+
+PY = scanner_for("Python")
+
+
+def runs(query: str, source: str, min_tokens: int = 30):
+    """Runs with the query's first token facing the source's first token."""
+    q, s = view_of(PY.scan(query)), view_of(PY.scan(source))
+    return q, aligned_runs(q, previous_same(q), s, previous_same(s), 0, min_tokens)
+
+
+def test_identical_code_is_one_verbatim_run():
+    code = lines_of(HULL, 10, 25)
+    q, [run] = runs(code, code)
+    assert (run.q_start, run.q_end, run.verbatim) == (0, len(q), True)
+
+
+def test_consistent_renaming_is_a_renamed_run():
+    code = lines_of(HULL, 10, 25)
+    renamed = code.replace("lower", "low").replace("upper", "high").replace("pts", "ordered")
+    q, [run] = runs(renamed, code)
+    assert (run.tokens, run.verbatim) == (len(q), False)
+
+
+def test_inconsistent_renaming_breaks_the_run():
+    code = lines_of(HULL, 10, 25)
+    # `upper` becomes `lower` as well: two names of the source map onto one; not a renaming.
+    merged = code.replace("upper", "lower")
+    _, found = runs(merged, code, min_tokens=80)
+    assert found == []
+
+
+def test_changed_operator_breaks_the_run():
+    code = lines_of(HULL, 28, 35)
+    changed = code.replace("(index + 1) % count", "(index - 1) % count")  # splits it into 31 + 29 tokens
+    assert [r.tokens for r in runs(code, code, min_tokens=50)[1]] == [61]
+    assert runs(changed, code, min_tokens=50)[1] == []
+
+
+def test_renamed_boilerplate_is_not_evidence_of_copying():
+    imports = "".join(f"import module_{i}\n" for i in range(40))
+    other_imports = "".join(f"import package_{i}\n" for i in range(40))
+    assert runs(other_imports, imports)[1] == []
+    assert [r.verbatim for r in runs(imports, imports)[1]] == [True]  # copied verbatim, it is a copy
+    fields = "abcdefghijkl"
+    constructor = "def __init__(self, " + ", ".join(fields) + "):\n" + "".join(f"    self.{x} = {x}\n" for x in fields)
+    renamed = constructor
+    for x in fields:
+        renamed = renamed.replace(f"{x},", f"{x}{x},").replace(f"= {x}\n", f"= {x}{x}\n").replace(f"{x}):", f"{x}{x}):")
+    assert runs(renamed, constructor)[1] == []
+
+
+def test_renamed_table_is_a_copy_only_with_the_same_entries():
+    table = "CODES = {\n" + "".join(f'    "code-{i}": (BASE + {i}, "label number {i}"),\n' for i in range(10)) + "}\n"
+    [run] = runs(table.replace("BASE", "ORIGIN"), table)[1]
+    assert not run.verbatim
+    relabelled = table.replace("BASE", "ORIGIN").replace("label number", "entry").replace('"code-', '"key-')
+    assert runs(relabelled, table)[1] == []
+
+
+def test_run_stops_at_the_end_of_the_copy():
+    """A following line of the same shape (another def with one parameter) is not part of the copy."""
+    source = lines_of(HULL, 10, 25) + "\n\ndef polygon_area(vertices):\n    total = 0.0\n"
+    query = lines_of(HULL, 10, 25) + "\n\ndef describe(sensor):\n    return sensor.name\n"
+    q, [run] = runs(query, source)
+    assert run.verbatim
+    assert q.lines[run.q_end - 1] == 16
