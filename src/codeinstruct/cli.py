@@ -451,6 +451,8 @@ def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, see
 def demo(
     run_dir: Annotated[Path, typer.Option(help="where the demo's run folders go")] = Path("runs/demo"),
     examples: Annotated[int, typer.Option(help="held-out instructions to answer at the end")] = 3,
+    allow_code_execution: Annotated[bool, typer.Option(
+        "--allow-code-execution", help="also run a few HumanEval problems written by the model, in the sandbox")] = False,
 ):
     """The whole StarCoder path offline, in minutes on a CPU: a tokenizer and a small GPTBigCode
     pretrained with FIM on the local Python stdlib, instruction-tuned on records derived from its
@@ -467,7 +469,7 @@ def demo(
         if any(run_dir.iterdir()) and not {"pretrain", "finetune"} & {p.name for p in run_dir.iterdir()}:
             raise CodeinstructError(f"{run_dir}: exists and is not a demo folder; choose another --run-dir")
         shutil.rmtree(run_dir)  # the demo always starts fresh
-    console.rule("[bold]1/3 pretraining with Fill-in-the-Middle on the local standard library")
+    console.rule("[bold]1/4 pretraining with Fill-in-the-Middle on the local standard library")
     pretrain_recipe = load_recipe(recipe_path("tiny-pretrain-cpu"), [f"run_dir={run_dir / 'pretrain'}"])
     _quiet_libraries()
     from codeinstruct.train.loop import prepare_pretrain
@@ -476,15 +478,17 @@ def demo(
         data = prepare_pretrain(pretrain_recipe)
     base = _train_with_progress(pretrain_recipe, data, False, "pretrain").final_dir
 
-    console.rule("[bold]2/3 instruction fine-tuning (Alpaca prompts, response-only loss, packing)")
+    console.rule("[bold]2/4 instruction fine-tuning (Alpaca prompts, response-only loss, packing)")
     recipe = load_recipe(recipe_path("tiny-cpu"), [f"run_dir={run_dir / 'finetune'}", f"model.source={base}", "model.tokenizer=null"])
     result = run_finetune(recipe, resume=False)
 
-    console.rule("[bold]3/3 using it")
+    console.rule("[bold]3/4 using it")
     engine = Engine.from_pretrained(result.final_dir, max_batch_size=1)
     held_out = load_records(run_dir / "finetune" / "held_out.jsonl")[:examples]
+    answers_given = []
     for record in held_out:
         answer = generate_response(engine, record.instruction, record.input, SamplingParams(max_new_tokens=160))
+        answers_given.append(answer)
         console.rule("held-out instruction", style="bold")
         console.print(record.instruction + (f"\n[dim]input:[/] {record.input}" if record.has_input else ""))
         console.rule("model's answer", style="green")
@@ -499,8 +503,42 @@ def demo(
         middle = "\n".join(line.rstrip() for line in middle.splitlines() if line.strip()) + "\n"  # a tiny model rambles
         console.rule("Fill-in-the-Middle with the pretrained base (PSM): prefix | [green]middle[/] | suffix", style="bold")
         console.print(escape(prefix) + "[green]" + escape(middle) + "[/]" + escape(suffix), highlight=False)
+    _demo_trust_and_evaluate(run_dir, base, answers_given, allow_code_execution)
     console.print(f"\nrun folders: {run_dir}/pretrain and {run_dir}/finetune  (metrics.jsonl, loss.png, final/)")
     console.print(f"try: codeinstruct generate --model {result.final_dir} \"Write a Python function that ...\"")
+
+
+def _demo_trust_and_evaluate(run_dir: Path, base: Path, answers: list[str], allow_code_execution: bool) -> None:
+    """Stage 4 of the demo: where the answers came from, and HumanEval in the sandbox (opt-in)."""
+    from codeinstruct.attribution import AttributionIndex, build_index
+    from codeinstruct.evaluate.humaneval import GenerationConfig, generate_samples
+    from codeinstruct.evaluate.scoring import score_samples
+
+    console.rule("[bold]4/4 trusting and evaluating it")
+    with console.status("indexing the pretraining corpus (the local standard library) for attribution"):
+        summary = build_index(["builtin:stdlib"], run_dir / "index")
+    console.print(f"attribution index: {summary.documents:,} documents, {summary.corpus_bytes / 1e6:.1f} MB -> "
+                  f"{summary.index_bytes / 1e6:.1f} MB in {run_dir / 'index'}")
+    with AttributionIndex.open(run_dir / "index") as index:
+        for i, answer in enumerate(answers, 1):
+            report = index.check(answer, language="Python")
+            if not report.matches:
+                console.print(f"answer {i}: no span of {report.min_tokens}+ tokens found in the corpus")
+            for m in report.matches:
+                console.print(f"answer {i} lines {m.query_lines[0]}-{m.query_lines[1]}: {m.kind} copy ({m.tokens} tokens) of "
+                              f"{m.repo}/{m.path} lines {m.source_lines[0]}-{m.source_lines[1]}, license {m.license or 'unknown'}",
+                              highlight=False, soft_wrap=True)
+    if not allow_code_execution:
+        console.print("HumanEval: run `codeinstruct demo --allow-code-execution` (or `codeinstruct eval humaneval` then "
+                      "`eval score --allow-code-execution`) to execute model-written code in the sandbox")
+        return
+    samples = run_dir / "humaneval-samples.jsonl"
+    with console.status("writing HumanEval completions for 5 problems with the pretrained base"):
+        generate_samples(GenerationConfig(model=str(base), mode="base", limit=5, max_new_tokens=96), samples)
+    with console.status("running them in the sandbox"):
+        report = score_samples(samples, allow_code_execution=True)
+    console.print(f"HumanEval (first 5 problems, base mode, greedy): pass@1 {report.pass_at_k.get('pass@1', 0.0):.2f}; "
+                  f"outcomes {dict(report.counts)}; isolation: {report.isolation_detail}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- eval
