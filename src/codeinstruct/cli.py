@@ -366,6 +366,18 @@ def plan_command(
         console.print("nothing fits: use more GPUs (--gpus), a shorter data.max_length or train.batch_size=1")
 
 
+@app.command("card")
+def card(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder (runs/NAME)")],
+    eval_results: Annotated[Optional[list[Path]], typer.Option("--eval", help="results JSON of `eval score` or `eval leaderboard` (repeatable)")] = None,
+):
+    """Write RUN_DIR/MODEL_CARD.md: the model, its training, and its scores."""
+    from codeinstruct.card import write_model_card
+
+    path = write_model_card(run_dir, eval_results or [])
+    console.print(f"model card written to {path}")
+
+
 # ---------------------------------------------------------------- generate
 
 

@@ -44,6 +44,7 @@ class PreparedData:
     held_out: list[InstructionRecord] = field(default_factory=list)
     # Pretraining redraws FIM each epoch; the row count must stay that of epoch 0.
     examples_for_epoch: Callable[[int], list[TokenizedExample]] | None = None
+    kind: str = "finetune"  # or "pretrain": what the model card says was done
 
     def epoch_examples(self, epoch: int) -> list[TokenizedExample]:
         return self.examples if self.examples_for_epoch is None or epoch == 0 else self.examples_for_epoch(epoch)
@@ -89,7 +90,7 @@ def prepare_pretrain(recipe: Recipe) -> PreparedData:
                                   seed=recipe.seed, epoch=epoch, n_blocks=n_blocks)
 
     first = blocks(0)
-    return PreparedData(tokenizer, first, report, examples_for_epoch=lambda epoch: blocks(epoch, len(first)))
+    return PreparedData(tokenizer, first, report, examples_for_epoch=lambda epoch: blocks(epoch, len(first)), kind="pretrain")
 
 
 def pick_device(name: str) -> torch.device:
@@ -413,6 +414,9 @@ def train(
         _save_final(recipe, model, data.tokenizer, run_dir, dist)
         if dist.main:
             plot_loss(metrics_path, run_dir / "loss.png")
+            from codeinstruct.card import write_model_card
+
+            write_model_card(run_dir, kind=data.kind)
     except BaseException:
         # A run that never reached a checkpoint holds nothing to resume: leave no half-made folder.
         if created_run_dir and not checkpoint_written and dist.main:
