@@ -104,7 +104,8 @@ class _Sequence:
 class RequestHandle:
     """A submitted request: iterate it for `StreamEvent`s, or call `result()`; `cancel()` any time."""
 
-    def __init__(self, engine: Engine, request_id: int, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, engine: Engine, request_id: int, prompt_ids: list[int], params: SamplingParams,
+                 events: queue.Queue | None = None):
         self.engine = engine
         self.id = request_id
         self.prompt_ids = prompt_ids
@@ -112,7 +113,9 @@ class RequestHandle:
         self.prefilled = 0
         first = params.first_sample
         self.sequences = [_Sequence(self, first + i, engine.tokenizer, engine.device) for i in range(params.n)]
-        self.events: queue.Queue[StreamEvent | None] = queue.Queue()
+        # The engine only ever calls events.put(event), then put(None) at the end; a caller may pass its own
+        # queue (e.g. one that hands events to an asyncio loop) and then reads it instead of iterating the handle.
+        self.events: queue.Queue[StreamEvent | None] = queue.Queue() if events is None else events
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None
         self.error: BaseException | None = None
@@ -394,7 +397,8 @@ class Engine:
     def running_in_background(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, prompt: str | list[int], params: SamplingParams = SamplingParams()) -> RequestHandle:
+    def submit(self, prompt: str | list[int], params: SamplingParams = SamplingParams(),
+               events: queue.Queue | None = None) -> RequestHandle:
         ids = encode_text(self.tokenizer, prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise CodeinstructError("the prompt is empty")
@@ -406,7 +410,7 @@ class Engine:
         if vocab is not None and (min(ids) < 0 or max(ids) >= vocab):
             raise CodeinstructError(f"the prompt has token ids outside the model's vocabulary of {vocab}")
         with self._cond:
-            handle = RequestHandle(self, next(self._ids), ids, params)
+            handle = RequestHandle(self, next(self._ids), ids, params, events)
             self._waiting.append(handle)
             self._cond.notify_all()
         return handle

@@ -1,0 +1,218 @@
+"""The FastAPI app: OpenAI routes, API key, errors in OpenAI's shape, health, and the playground.
+
+    GET  /v1/models             the served model (or the upstream's list, in proxy mode)
+    POST /v1/completions        prompt (+ suffix: FIM), streaming or not
+    POST /v1/chat/completions   messages mapped onto the Alpaca prompt, streaming or not
+    GET  /health                status and load; never needs the API key
+    GET  /                      the playground page (static files, no external assets)
+
+The work behind the /v1 routes is done by `LocalModel` (the in-process engine) or `UpstreamModel`
+(another OpenAI-compatible server); both add attribution when an index is loaded.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from codeinstruct.errors import CodeinstructError
+from codeinstruct.serve.http import Admission, Attributor
+from codeinstruct.serve.schemas import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    error_body,
+    validation_error,
+)
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What `codeinstruct serve` is told; see README "Server"."""
+
+    api_key: str | None = None
+    max_concurrency: int = 8  # sequences generating at once (the engine's slots; upstream requests in proxy mode)
+    max_queue: int = 32  # sequences waiting beyond those; one more is answered 429
+
+    def __post_init__(self):
+        if self.max_concurrency < 1:
+            raise CodeinstructError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
+        if self.max_queue < 0:
+            raise CodeinstructError(f"--max-queue must be 0 or more, got {self.max_queue}")
+
+    @property
+    def capacity(self) -> int:
+        return self.max_concurrency + self.max_queue
+
+
+def create_app(settings: ServerSettings, *, engine=None, model_name: str | None = None, upstream: str | None = None,
+               upstream_api_key: str | None = None, attribution=None, upstream_transport=None) -> FastAPI:
+    """The server over an `Engine` (named `model_name`) or in front of an `upstream` OpenAI-compatible URL.
+
+    `attribution` is an opened `AttributionIndex` or None. Nothing runs until the app starts
+    (uvicorn's lifespan): then the engine's background loop starts, and it stops with the app.
+    """
+    if (engine is None) == (upstream is None):
+        raise CodeinstructError("give a model (engine) or an upstream URL, not both and not neither")
+    admission = Admission(settings.capacity)
+    attributor = Attributor(attribution)
+    if engine is not None:
+        from codeinstruct.serve.local import LocalModel
+
+        backend = LocalModel(engine, model_name or "codeinstruct", admission, attributor)
+    else:
+        from codeinstruct.serve.proxy import UpstreamModel
+
+        backend = UpstreamModel(upstream, admission, attributor, settings.max_concurrency, api_key=upstream_api_key,
+                                transport=upstream_transport)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await backend.start()
+        try:
+            yield
+        finally:
+            await backend.stop()
+            attributor.close()
+
+    app = FastAPI(title="codeinstruct", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.backend = backend
+    app.state.admission = admission
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), settings.api_key.encode()):
+            raise ApiError(401, "missing or invalid API key (send it as 'Authorization: Bearer KEY')",
+                           code="invalid_api_key")
+
+    async def parse(request: Request, schema):
+        try:
+            raw = await request.json()
+        except ValueError:
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        try:
+            body = schema.model_validate(raw)
+        except ValidationError as e:
+            raise validation_error(e) from None
+        body.refuse_unsupported()
+        return raw, body
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"] if p != "body")
+        return JSONResponse(error_body(f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse(error_body(str(e.detail), code=str(e.status_code)), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "mode": backend.mode, "model": getattr(backend, "name", None),
+                "attribution": attributor.enabled, "auth": settings.api_key is not None,
+                "active": admission.active, "capacity": admission.capacity,
+                "max_concurrency": settings.max_concurrency, "max_queue": settings.max_queue, **backend.health()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        return await backend.models()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        raw, body = await parse(request, CompletionRequest)
+        return await backend.completions(request, body, raw)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        raw, body = await parse(request, ChatCompletionRequest)
+        return await backend.chat(request, body, raw)
+
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def default_model_name(model_dir: str | Path) -> str:
+    """What /v1/models calls a model directory: its name, or the run's name for runs/NAME/final."""
+    path = Path(model_dir).resolve()
+    return path.parent.name if path.name == "final" and path.parent.name else path.name
+
+
+def build_app(settings: ServerSettings, *, model: str | Path | None = None, upstream: str | None = None,
+              attribution_index: str | Path | None = None, model_name: str | None = None,
+              upstream_api_key: str | None = None) -> FastAPI:
+    """What `codeinstruct serve` runs: load the model (or point at the upstream) and the index, then the app."""
+    if model is None and upstream is None:
+        raise CodeinstructError("give --model DIR to serve a model here, or --upstream URL to proxy another server")
+    if model is not None and upstream is not None:
+        raise CodeinstructError("give --model DIR or --upstream URL, not both")
+    index = None
+    if attribution_index is not None:
+        from codeinstruct.attribution import AttributionIndex
+
+        index = AttributionIndex.open(attribution_index)
+    if upstream is not None:
+        return create_app(settings, upstream=upstream, upstream_api_key=upstream_api_key, attribution=index)
+    from codeinstruct.infer.engine import Engine
+
+    engine = Engine.from_pretrained(model, max_batch_size=settings.max_concurrency)
+    return create_app(settings, engine=engine, model_name=model_name or default_model_name(model), attribution=index)
+
+
+def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A listening socket for the server (port 0: any free one); an address in use is a one-line error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                                                             flags=socket.AI_PASSIVE)[0]
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets' connections, and without it
+        # a response written in two pieces waits for the client's delayed ACK (40 ms per keep-alive request).
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    except OSError as e:
+        raise CodeinstructError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
+def run_server(app: FastAPI, sock: socket.socket) -> None:
+    """Serve on `sock` until interrupted (Ctrl-C, SIGTERM); uvicorn logs requests to stderr."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)).run(sockets=[sock])

@@ -1,0 +1,193 @@
+"""The OpenAI request bodies the server accepts, as pydantic models, and the error shape it answers with.
+
+Fields follow OpenAI's API reference; unknown fields are ignored (clients send newer ones), fields
+that would change the answer and that this server cannot honour (logprobs, penalties, tools) are
+refused with a 400 naming them rather than silently dropped. `top_k`, `repetition_penalty` and
+`ignore_eos` are accepted as extensions, as vLLM does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_STOP_STRINGS = 16
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def validation_error(e: ValidationError) -> ApiError:
+    """The first problem of a pydantic error as one line: `field.path: what is wrong`."""
+    first = e.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"] if part != "body")
+    message = first["msg"].removeprefix("Value error, ")
+    return ApiError(400, f"{loc}: {message}" if loc else message, param=loc or None)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # extensions (vLLM's names)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    ignore_eos: bool = False
+
+    @field_validator("temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty", "top_k",
+                     "repetition_penalty", "ignore_eos", mode="before")
+    @classmethod
+    def _null_is_default(cls, value, info):
+        # Clients send explicit nulls for "not set"; OpenAI reads them as the default.
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value):
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(value)}")
+        return value
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop) if s)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def refuse_unsupported(self) -> None:
+        """A 400 for options that would change the answer and that the engine cannot honour."""
+        if self.presence_penalty or self.frequency_penalty:
+            name = "presence_penalty" if self.presence_penalty else "frequency_penalty"
+            raise ApiError(400, f"{name} is not supported; use repetition_penalty (> 1 discourages repeats)", param=name)
+        if self.logit_bias:
+            raise ApiError(400, "logit_bias is not supported", param="logit_bias")
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None
+    max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _echo_null_is_false(cls, value):
+        return False if value is None else value
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value):
+        if isinstance(value, list) and (not value or any(isinstance(p, list) and not p for p in value)):
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of prompts: strings, or token-id lists."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
+
+    def refuse_unsupported(self) -> None:
+        super().refuse_unsupported()
+        if self.logprobs:
+            raise ApiError(400, "logprobs are not supported by this server", param="logprobs")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ApiError(400, "best_of is not supported (only best_of = n)", param="best_of")
+        if self.suffix is not None and self.echo:
+            raise ApiError(400, "echo cannot be combined with suffix", param="echo")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise ApiError(400, f"only text content is supported, got a '{part.type}' part", param="messages")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def refuse_unsupported(self) -> None:
+        super().refuse_unsupported()
+        if self.logprobs or self.top_logprobs:
+            raise ApiError(400, "logprobs are not supported by this server", param="logprobs")
+        if self.tools:
+            raise ApiError(400, "tools (function calling) are not supported", param="tools")
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise ApiError(400, f"response_format {kind!r} is not supported (only 'text')", param="response_format")
