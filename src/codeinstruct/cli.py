@@ -498,9 +498,8 @@ def demo(
     allow_code_execution: Annotated[bool, typer.Option(
         "--allow-code-execution", help="also run a few HumanEval problems written by the model, in the sandbox")] = False,
 ):
-    """The whole StarCoder path offline, in minutes on a CPU: a tokenizer and a small GPTBigCode
-    pretrained with FIM on the local Python stdlib, instruction-tuned on records derived from its
-    documented functions, then held-out instructions answered and a gap filled in."""
+    """The whole StarCoder path offline, in minutes on a CPU: a small GPTBigCode pretrained with FIM on the
+    local Python stdlib, instruction-tuned, then answers, a filled gap, attribution and (opt-in) HumanEval."""
     import shutil
 
     from codeinstruct.config import load_recipe, recipe_path
