@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from codeinstruct.config import load_recipe
 from codeinstruct.train.distributed import rank_micro_batches
@@ -103,3 +104,33 @@ def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, tokeniz
     assert killed.keys() == reference.keys()
     worst = max(abs(killed[s] - reference[s]) for s in reference)
     assert worst < LOSS_TOLERANCE, f"largest per-step loss difference after resuming {worst:.2e}"
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp_matches_one_process_and_writes_adapter_and_merged_model(tmp_path, tokenizer_dir, gpteacher_records):
+    from transformers import AutoModelForCausalLM
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(gpteacher_records[:24]))
+
+    def lora_recipe(name):
+        path = _recipe_file(tmp_path, data, tokenizer_dir, name, epochs=1)
+        recipe = json.loads(path.read_text())
+        recipe["model"].update({"method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}})
+        recipe["train"]["save_every"] = 0
+        path.write_text(json.dumps(recipe))
+        return path
+
+    one = load_recipe(lora_recipe("lora-one"))
+    result = train(one, prepare_sft(one))
+    _torchrun(lora_recipe("lora-two"), 2)
+    reference, two = _losses(result.run_dir), _losses(tmp_path / "lora-two")
+    assert two.keys() == reference.keys() and len(reference) >= 4
+    worst = max(abs(two[s] - reference[s]) for s in reference)
+    assert worst < LOSS_TOLERANCE, f"largest per-step loss difference {worst:.2e}"
+    run = tmp_path / "lora-two"
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    merged = AutoModelForCausalLM.from_pretrained(run / "final")
+    single = AutoModelForCausalLM.from_pretrained(result.final_dir)
+    for (name, a), (_, b) in zip(merged.state_dict().items(), single.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-4), name
