@@ -34,29 +34,12 @@ from pathlib import Path
 
 import httpx
 import torch
+from generation import pct, stdlib_prompts  # the same prompts as benchmarks/generation.py
 
 from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.sampling import SamplingParams
 
 SLOTS = 32
-
-
-def stdlib_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
-    from codeinstruct.data.builtin import stdlib_source_texts
-
-    prompts = []
-    for text in stdlib_source_texts():
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            prompts.append(ids[:length])
-        if len(prompts) == n:
-            return prompts
-    raise SystemExit("not enough standard-library sources for the prompts")
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
 def summarize(samples: list[tuple[float, float, int]], seconds: float) -> dict:

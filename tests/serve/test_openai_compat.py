@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from codeinstruct.infer.generate import ResponseStream
 from codeinstruct.prompts import (
     FimTokens,
     encode_text,
@@ -12,7 +13,6 @@ from codeinstruct.prompts import (
     format_prompt,
 )
 from codeinstruct.serve.openai_compat import (
-    ResponseText,
     alpaca_from_messages,
     encode_raw_prompt,
     sampling_params,
@@ -82,7 +82,7 @@ def test_conversations_that_cannot_be_an_alpaca_prompt_are_refused(roles, needle
 def test_streamed_response_text_adds_up_to_extract_response(generated, cuts):
     cuts = sorted({min(c, len(generated)) for c in cuts})
     pieces = [generated[a:b] for a, b in zip([0, *cuts], [*cuts, len(generated)])]
-    stream = ResponseText()
+    stream = ResponseStream()
     shown = "".join(stream.push(p) for p in pieces)
     assert shown == stream.text == extract_response(generated)
 

@@ -60,7 +60,7 @@ class GenerationReport:
     samples: int
 
 
-def _sample(engine, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
+def _sample(engine, prompts: list[str] | list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
             stop: list[str], seed: int) -> Iterator[list[str]]:
     """n raw completions per prompt, in prompt order, each cut before its first stop string (EOS also ends one).
 
@@ -106,7 +106,8 @@ def generate_samples(config: GenerationConfig, out: str | Path,
     model, tokenizer = load_for_inference(config.model, device=config.device)
     stops = list(stop_words(config.mode))
     prompts = [build_prompt(problem, config.mode) for problem in problems]
-    longest = max(len(encode_text(tokenizer, p)) for p in prompts)
+    prompt_ids = [encode_text(tokenizer, p) for p in prompts]  # tokenized once: for the cache size and the engine
+    longest = max(len(ids) for ids in prompt_ids)
     # the cache only needs the longest prompt plus the new tokens
     engine = Engine(model, tokenizer, max_batch_size=min(64, max(16, config.n)), max_seq_len=longest + config.max_new_tokens + 1)
     shared = {
@@ -128,7 +129,7 @@ def generate_samples(config: GenerationConfig, out: str | Path,
         shared["instruction"] = INSTRUCTION
     written = 0
     with atomic_writer(out) as f:
-        samples = _sample(engine, prompts, config.n, config.temperature, config.top_p, config.max_new_tokens, stops,
+        samples = _sample(engine, prompt_ids, config.n, config.temperature, config.top_p, config.max_new_tokens, stops,
                           config.seed)
         for index, (problem, prompt, outputs) in enumerate(zip(problems, prompts, samples)):
             for j, raw in enumerate(outputs):

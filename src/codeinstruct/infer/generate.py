@@ -69,22 +69,36 @@ def stream_response(engine: Engine, instruction: str, input: str = "", params: S
         handle.cancel()  # a reader that stops early frees the slot
 
 
-def response_deltas(deltas: Iterable[str]) -> Iterator[str]:
-    """`extract_response` applied to a stream: the separator dropped, trailing whitespace held back."""
-    held, started = "", False
-    for delta in deltas:
-        text = held + delta
-        if not started:
+class ResponseStream:
+    """`extract_response` as a stream (the engine has already cut stop strings): push(delta) returns
+    what to show now; the separator is dropped and trailing whitespace held back until text follows."""
+
+    def __init__(self):
+        self.held = ""
+        self.started = False
+        self.text = ""  # everything shown so far
+
+    def push(self, delta: str) -> str:
+        text = self.held + delta
+        if not self.started:
             if len(text) < len(RESPONSE_SEPARATOR) and RESPONSE_SEPARATOR.startswith(text):
-                held = text
-                continue
-            started = True
-            if text.startswith(RESPONSE_SEPARATOR):
-                text = text[len(RESPONSE_SEPARATOR) :]
+                self.held = text
+                return ""
+            self.started = True
+            text = text.removeprefix(RESPONSE_SEPARATOR)
         body = text.rstrip()
-        held = text[len(body) :]
-        if body:
-            yield body
+        self.held = text[len(body) :]
+        self.text += body
+        return body
+
+
+def response_deltas(deltas: Iterable[str]) -> Iterator[str]:
+    """`extract_response` applied to a stream of text pieces."""
+    stream = ResponseStream()
+    for delta in deltas:
+        piece = stream.push(delta)
+        if piece:
+            yield piece
 
 
 def fim_request(engine: Engine, prefix: str, suffix: str, spm: bool = False,

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.infer.engine import Engine, RequestHandle
-from codeinstruct.infer.generate import fim_request, response_params
+from codeinstruct.infer.generate import ResponseStream, fim_request, response_params
 from codeinstruct.infer.sampling import SamplingParams
 from codeinstruct.prompts import encode_text, format_prompt
 from codeinstruct.serve import openai_compat as oa
@@ -323,7 +323,7 @@ class LocalModel:
     async def chat(self, request: Request, body: ChatCompletionRequest, raw: dict | None = None) -> Response:
         generation = await self._start(self._chat_prompt_list, body, body.n)
         rid, created = oa.new_id("chatcmpl"), oa.now()
-        answers = [oa.ResponseText() for _ in range(generation.samples)]
+        answers = [ResponseStream() for _ in range(generation.samples)]
 
         if body.stream:
             def chunk(choices: list[dict], **extra) -> bytes:

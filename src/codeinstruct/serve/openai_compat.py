@@ -36,7 +36,6 @@ from codeinstruct.prompts import (
     FIM_PAD,
     FIM_PREFIX,
     FIM_SUFFIX,
-    RESPONSE_SEPARATOR,
     encode_text,
 )
 from codeinstruct.serve.schemas import ApiError, ChatMessage
@@ -111,28 +110,6 @@ def sampling_params(request, prompt_tokens: int, max_seq_len: int, max_tokens: i
         stop=tuple(dict.fromkeys((*request.stop_strings, *extra_stops))),
         stop_token_ids=stop_token_ids, ignore_eos=request.ignore_eos,
     )
-
-
-class ResponseText:
-    """`extract_response` as a stream (the engine already cut stop strings): push(delta) -> what to show now."""
-
-    def __init__(self):
-        self.held = ""
-        self.started = False
-        self.text = ""  # everything shown so far
-
-    def push(self, delta: str) -> str:
-        text = self.held + delta
-        if not self.started:
-            if len(text) < len(RESPONSE_SEPARATOR) and RESPONSE_SEPARATOR.startswith(text):
-                self.held = text
-                return ""
-            self.started = True
-            text = text.removeprefix(RESPONSE_SEPARATOR)
-        body = text.rstrip()
-        self.held = text[len(body) :]
-        self.text += body
-        return body
 
 
 # --------------------------------------------------------------------------- responses
