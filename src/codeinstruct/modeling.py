@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.tokenizer import save_tokenizer
 
 # GPTBigCode = GPT-2 with multi-query attention (one shared K/V head) and learned absolute positions.
 PRESETS: dict[str, dict] = {
@@ -99,7 +100,7 @@ def save_hf_directory(model, tokenizer, out_dir: str | Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    save_tokenizer(tokenizer, tmp)
     eos = tokenizer.eos_token_id
     # No pad token exists; generate() needs one for batching, and EOS is what it pads with anyway.
     GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos).save_pretrained(str(tmp))

@@ -18,6 +18,7 @@ pretraining produces them):
 from dataclasses import dataclass
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.tokenizer import encode_text  # noqa: F401  (re-exported: prompts and their ids go together)
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -83,9 +84,6 @@ class FimTokens:
         return (self.prefix, self.middle, self.suffix, self.pad)
 
 
-def encode_text(tokenizer, text: str) -> list[int]:
-    """Token ids of user/document text; text such as "<fim_middle>" stays text, never a control token."""
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
 
 
 def fim_prompt_ids(tokenizer, prefix: str, suffix: str, spm: bool = False, tokens: FimTokens | None = None) -> list[int]:

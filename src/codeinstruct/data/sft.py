@@ -15,6 +15,7 @@ from typing import Literal
 from codeinstruct.data.records import InstructionRecord
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.prompts import format_prompt, format_target
+from codeinstruct.tokenizer import encode_texts
 
 IGNORE_INDEX = -100
 Overlong = Literal["drop", "truncate"]
@@ -55,8 +56,8 @@ def tokenize_records(
     fulls = [p + format_target(r.response) for p, r in zip(prompts, records)]
     # split_special_tokens: text such as "<|endoftext|>" inside a record is text, not a control token;
     # otherwise a response that mentions it would teach the model to stop mid-answer.
-    prompt_ids = tokenizer(prompts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    full_ids = tokenizer(fulls, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    prompt_ids = encode_texts(tokenizer, prompts)
+    full_ids = encode_texts(tokenizer, fulls)
 
     report = TokenizeReport(records=len(records))
     examples = []
