@@ -24,10 +24,21 @@ def test_jsonl(tmp_path):
     assert [r.response for r in load_records(p)] == ["b", "d"]
 
 
-def test_shared_gpteacher_file_loads(gpteacher_records):
-    from tests.conftest import GPTEACHER
+def test_shipped_fixtures_load_in_both_schemas(instruction_records):
+    from tests.conftest import ALPACA, INSTRUCTIONS
 
-    records = load_records(GPTEACHER)
+    records = load_records(INSTRUCTIONS)
+    assert len(records) == len(instruction_records) == 64
+    assert all(set(r) == {"instruction", "input", "response"} for r in instruction_records)  # GPTeacher's keys
+    assert sum(not r.has_input for r in records) == 16
+    assert any("<filename>" in r.response for r in records) and any("<fim_middle>" in r.response for r in records)
+    alpaca = json.loads(ALPACA.read_text(encoding="utf-8"))
+    assert all(set(r) == {"instruction", "input", "output"} for r in alpaca)
+    assert load_records(ALPACA) == [InstructionRecord(r["instruction"], r["input"], r["output"]) for r in alpaca]
+
+
+def test_shared_gpteacher_file_loads(real_gpteacher):
+    records = load_records(real_gpteacher)
     assert len(records) == 4535
     assert sum(not r.has_input for r in records) == 955
 

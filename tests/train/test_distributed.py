@@ -73,9 +73,9 @@ def _losses(run_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, tokenizer_dir, gpteacher_records):
+def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, tokenizer_dir, instruction_records):
     data = tmp_path / "data.json"
-    data.write_text(json.dumps(gpteacher_records[:48]))
+    data.write_text(json.dumps(instruction_records[:48]))
 
     one = load_recipe(_recipe_file(tmp_path, data, tokenizer_dir, "one"))
     result = train(one, prepare_sft(one))
@@ -107,11 +107,11 @@ def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, tokeniz
 
 
 @pytest.mark.slow
-def test_lora_under_fsdp_matches_one_process_and_writes_adapter_and_merged_model(tmp_path, tokenizer_dir, gpteacher_records):
+def test_lora_under_fsdp_matches_one_process_and_writes_adapter_and_merged_model(tmp_path, tokenizer_dir, instruction_records):
     from transformers import AutoModelForCausalLM
 
     data = tmp_path / "data.json"
-    data.write_text(json.dumps(gpteacher_records[:24]))
+    data.write_text(json.dumps(instruction_records[:24]))
 
     def lora_recipe(name):
         path = _recipe_file(tmp_path, data, tokenizer_dir, name, epochs=1)
