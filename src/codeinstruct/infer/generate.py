@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
+from codeinstruct.devices import pick_device
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.sampling import SamplingParams
@@ -40,9 +40,7 @@ def load_for_inference(model_dir: str | Path, device: str = "auto"):
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
         raise CodeinstructError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
+    return model.to(pick_device(device, "device")).eval(), tokenizer
 
 
 def response_params(params: SamplingParams) -> SamplingParams:

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import torch
 
+from codeinstruct.devices import pick_device
 from codeinstruct.errors import CodeinstructError
 
 
@@ -63,17 +64,11 @@ def world_size_from_env() -> int:
 
 def init_distributed(device_name: str) -> Distributed:
     """This process's place in the job (torchrun's environment), with the process group started."""
-    from codeinstruct.train.loop import pick_device
-
     world = world_size_from_env()
     if world == 1:
         return Distributed(device=pick_device(device_name))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CodeinstructError("train.device: CUDA requested but no GPU is available")
+    if pick_device(device_name).type == "cuda":
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:

@@ -31,6 +31,7 @@ from codeinstruct.data.records import InstructionRecord, load_instruction_data, 
 from codeinstruct.data.sft import IGNORE_INDEX, TokenizedExample, tokenize_records
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.modeling import load_model, save_hf_directory
+from codeinstruct.devices import autocast_dtype, pick_device  # noqa: F401  (pick_device: public here before devices.py)
 from codeinstruct.tokenizer import resolve_tokenizer
 from codeinstruct.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from codeinstruct.train.distributed import full_state_dict, init_distributed, rank_micro_batches, shard_model
@@ -91,29 +92,6 @@ def prepare_pretrain(recipe: Recipe) -> PreparedData:
 
     first = blocks(0)
     return PreparedData(tokenizer, first, report, examples_for_epoch=lambda epoch: blocks(epoch, len(first)), kind="pretrain")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CodeinstructError(f"train.device: unknown device '{name}'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CodeinstructError("train.device: CUDA requested but no GPU is available")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where it pays (or was asked for); None means plain fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise CodeinstructError("train.precision=bf16 but this GPU has no bf16 support")
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
 def model_attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
