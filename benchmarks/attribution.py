@@ -46,6 +46,7 @@ from codeinstruct.attribution import AttributionIndex, build_index
 from codeinstruct.attribution.fingerprint import keys_of, kgram_hashes
 from codeinstruct.attribution.normalize import scanner_for, view_of
 from codeinstruct.data.corpus import iter_documents
+from codeinstruct.data.stats import percentile
 
 KINDS = ("verbatim", "reformatted", "renamed")
 _PYTHON = scanner_for("Python")
@@ -308,10 +309,6 @@ def check_held_out(index: AttributionIndex) -> dict:
                 matches.append(f"{path.relative_to(root)}:{start + m.query_lines[0]}-{start + m.query_lines[1]} {m.kind} "
                                f"{m.tokens} tokens = {m.repo} {m.path}:{m.source_lines[0]}-{m.source_lines[1]}")
     return {"chunks": chunks, "matches": matches}
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from codeinstruct.data.stats import percentile
 from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.sampling import SamplingParams
 from codeinstruct.modeling import preset_config
@@ -81,7 +82,7 @@ def bench_generate(model, prompts, new_tokens) -> dict:
         gaps.append((time.perf_counter() - t) / n)  # per-token time of this request (no per-token hook)
     seconds = time.perf_counter() - start
     return {"tokens": total, "seconds": seconds, "tok_s": total / seconds, "p50_ms": 1e3 * statistics.median(gaps),
-            "p95_ms": 1e3 * pct(gaps, 95)}
+            "p95_ms": 1e3 * percentile(gaps, 95)}
 
 
 def bench_engine(model, tokenizer, prompts, new_tokens, concurrency) -> dict:
@@ -95,12 +96,7 @@ def bench_engine(model, tokenizer, prompts, new_tokens, concurrency) -> dict:
     gaps = [b - a for h in handles for s in h.sequences for a, b in zip(s.token_times, s.token_times[1:])]
     total = sum(r.completion_tokens for r in results)
     return {"tokens": total, "seconds": seconds, "tok_s": total / seconds, "p50_ms": 1e3 * statistics.median(gaps),
-            "p95_ms": 1e3 * pct(gaps, 95)}
-
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+            "p95_ms": 1e3 * percentile(gaps, 95)}
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import httpx
 import torch
-from generation import pct, stdlib_prompts  # the same prompts as benchmarks/generation.py
+from generation import stdlib_prompts  # the same prompts as benchmarks/generation.py
 
+from codeinstruct.data.stats import percentile
 from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.sampling import SamplingParams
 
@@ -48,8 +49,8 @@ def summarize(samples: list[tuple[float, float, int]], seconds: float) -> dict:
     tpot = [s[1] / (s[2] - 1) for s in samples if s[2] > 1]
     return {"requests": len(samples), "seconds": seconds, "req_s": len(samples) / seconds,
             "tokens_s": sum(s[2] for s in samples) / seconds,
-            "ttft_p50_ms": 1e3 * statistics.median(ttft), "ttft_p95_ms": 1e3 * pct(ttft, 95),
-            "tpot_p50_ms": 1e3 * statistics.median(tpot), "tpot_p95_ms": 1e3 * pct(tpot, 95)}
+            "ttft_p50_ms": 1e3 * statistics.median(ttft), "ttft_p95_ms": 1e3 * percentile(ttft, 95),
+            "tpot_p50_ms": 1e3 * statistics.median(tpot), "tpot_p95_ms": 1e3 * percentile(tpot, 95)}
 
 
 # --------------------------------------------------------------------------- in-process

@@ -87,7 +87,7 @@ def test_real_process_exit_code_and_one_line_error(tmp_path):
     bad.write_bytes(b'{"instruction": "a", "response": "b"}\n{"instruction": "\xc3\x28", "response": "b"}\n')
     proc = subprocess.run([sys.executable, "-m", "codeinstruct", "data", "stats", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"error: {bad}: line 2: not valid UTF-8 (byte offset 55)"
+    assert proc.stderr.strip() == f"error: {bad}: line 2: not valid UTF-8 (byte 17 of the line)"
 
 
 def test_data_stats(tmp_path, cli, tokenizer_dir, eight_records):

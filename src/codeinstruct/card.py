@@ -10,12 +10,12 @@ rewrites it with scores.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import yaml
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.files import write_text
 from codeinstruct.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
 
 
@@ -145,7 +145,4 @@ def write_model_card(run_dir: str | Path, evaluations: list[str | Path] = (), ki
     """Write RUN_DIR/MODEL_CARD.md atomically."""
     path = Path(run_dir) / "MODEL_CARD.md"
     text = model_card(run_dir, evaluations, kind)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)

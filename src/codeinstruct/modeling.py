@@ -1,4 +1,5 @@
-"""Model presets (GPTBigCode shapes) and loading/saving Hugging Face model directories."""
+"""Model presets (GPTBigCode shapes), a config's context length, and loading/saving Hugging Face model
+directories (for training, and for inference)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
-from codeinstruct.tokenizer import save_tokenizer
+from codeinstruct.tokenizer import load_tokenizer, save_tokenizer
 
 # GPTBigCode = GPT-2 with multi-query attention (one shared K/V head) and learned absolute positions.
 PRESETS: dict[str, dict] = {
@@ -41,6 +42,12 @@ def preset_config(name: str, vocab_size: int | None = None, dropout: float | Non
         eos_token_id=eos_token_id,
         pad_token_id=None,
     )
+
+
+def context_length(config) -> int | None:
+    """Positions a model config can attend over (GPT-2 style `n_positions`, or `max_position_embeddings`);
+    None when the config names neither."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def count_parameters(config) -> int:
@@ -80,6 +87,23 @@ def load_model(source: str, *, tokenizer=None, dropout: float | None = None, att
         )
     except (OSError, ValueError) as e:
         raise CodeinstructError(f"{source}: cannot load model ({str(e).splitlines()[0]})") from None
+
+
+def load_for_inference(model_dir: str | Path, device: str = "auto"):
+    """(model, tokenizer) from a Hugging Face directory such as a run's final/, in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    from codeinstruct.devices import pick_device  # imports torch, which importing this module does not
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise CodeinstructError(f"{path}: not a model directory (no config.json)")
+    tokenizer = load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CodeinstructError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+    return model.to(pick_device(device, "device")).eval(), tokenizer
 
 
 def _in_local_cache(repo_id: str) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from codeinstruct.attribution import AttributionIndex, build_index
-from codeinstruct.attribution import index as index_module
+from codeinstruct.attribution import build as build_module
 from codeinstruct.errors import CodeinstructError
 
 from .conftest import C_SOURCE, HULL, SCHEDULER, TEXTKIT, lines_of, write_corpus
@@ -207,7 +207,7 @@ def test_bad_input_leaves_nothing_behind(tmp_path, corpus):
 
 def test_parallel_build_writes_the_same_index(tmp_path, corpus, monkeypatch):
     # Tiny batches, so that the corpus is split over worker processes.
-    monkeypatch.setattr(index_module, "_BATCH_DOCUMENTS", 1)
+    monkeypatch.setattr(build_module, "_BATCH_DOCUMENTS", 1)
     serial = build_index(corpus, tmp_path / "serial", workers=1)
     parallel = build_index(corpus, tmp_path / "parallel", workers=2)
     assert serial.index_bytes == parallel.index_bytes

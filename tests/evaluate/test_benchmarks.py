@@ -53,14 +53,14 @@ def test_a_custom_suite_loads_with_its_checksum(tmp_path):
 @pytest.mark.parametrize(
     "line, reason",
     [
-        ("{not json", r"suite.jsonl:2: not valid JSON"),
-        (json.dumps([1, 2]), r"suite.jsonl:2: expected a JSON object"),
-        (json.dumps({k: v for k, v in GOOD.items() if k != "test"}), r"suite.jsonl:2: missing field\(s\) test"),
-        (json.dumps({**GOOD, "task_id": 7}), r"suite.jsonl:2: field 'task_id' must be a string, not int"),
-        (json.dumps({**GOOD, "entry_point": "sub"}), r"suite.jsonl:2: the prompt does not define entry_point 'sub'"),
-        (json.dumps({**GOOD, "entry_point": "a b"}), r"suite.jsonl:2: entry_point 'a b' is not a Python name"),
-        (json.dumps({**GOOD, "test": "assert True"}), r"suite.jsonl:2: the test does not define check"),
-        (json.dumps(GOOD), r"suite.jsonl:2: task_id 'Custom/0' repeats line 1"),
+        ("{not json", r"suite.jsonl: line 2: invalid JSON"),
+        (json.dumps([1, 2]), r"suite.jsonl: line 2: expected a JSON object"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "test"}), r"suite.jsonl: line 2: missing field\(s\) test"),
+        (json.dumps({**GOOD, "task_id": 7}), r"suite.jsonl: line 2: field 'task_id' must be a string, not int"),
+        (json.dumps({**GOOD, "entry_point": "sub"}), r"suite.jsonl: line 2: the prompt does not define entry_point 'sub'"),
+        (json.dumps({**GOOD, "entry_point": "a b"}), r"suite.jsonl: line 2: entry_point 'a b' is not a Python name"),
+        (json.dumps({**GOOD, "test": "assert True"}), r"suite.jsonl: line 2: the test does not define check"),
+        (json.dumps(GOOD), r"suite.jsonl: line 2: task_id 'Custom/0' repeats line 1"),
     ],
 )
 def test_a_bad_record_names_file_line_and_reason(tmp_path, line, reason):

@@ -40,4 +40,4 @@ def test_a_bad_samples_file_is_one_line_error(cli, tmp_path):
     samples = tmp_path / "bad.jsonl"
     samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\nnot json\n')
     code, _, err = cli("eval", "score", samples, "--allow-code-execution")
-    assert code == 1 and "bad.jsonl:2: not valid JSON" in err and "Traceback" not in err
+    assert code == 1 and "bad.jsonl: line 2: invalid JSON" in err and "Traceback" not in err

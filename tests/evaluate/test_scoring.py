@@ -116,10 +116,10 @@ def test_execution_needs_explicit_permission(tmp_path):
 
 def test_bad_samples_files_name_the_line(tmp_path):
     bad = write_samples(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}, {"task_id": "HumanEval/0"}])
-    with pytest.raises(CodeinstructError, match=r"s.jsonl:2: 'completion' is missing"):
+    with pytest.raises(CodeinstructError, match=r"s.jsonl: line 2: 'completion' is missing"):
         score_samples(bad, allow_code_execution=True)
     unknown = write_samples(tmp_path / "u.jsonl", [{"task_id": "HumanEval/999", "completion": ""}])
-    with pytest.raises(CodeinstructError, match=r"u.jsonl:1: task_id 'HumanEval/999' is not in humaneval"):
+    with pytest.raises(CodeinstructError, match=r"u.jsonl: line 1: task_id 'HumanEval/999' is not in humaneval"):
         score_samples(unknown, allow_code_execution=True)
 
 

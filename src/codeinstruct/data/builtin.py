@@ -20,6 +20,7 @@ from collections.abc import Iterator
 __all__ = [
     "stdlib_dir",
     "stdlib_instruction_records",
+    "stdlib_python_files",
     "stdlib_source_texts",
 ]
 
@@ -41,23 +42,34 @@ def stdlib_dir() -> pathlib.Path:
     return pathlib.Path(sysconfig.get_paths()["stdlib"])
 
 
-def is_excluded_stdlib_path(rel: pathlib.PurePath) -> bool:
+def _is_excluded(rel: pathlib.PurePath) -> bool:
     return any(part in _SKIP_DIRS or part.startswith("test") for part in rel.parts)
 
 
-def _iter_stdlib_files() -> Iterator[tuple[pathlib.PurePosixPath, bytes]]:
-    """Yield ``(relative path, raw bytes)`` of eligible stdlib ``.py`` files, sorted by path."""
+def stdlib_python_files() -> list[pathlib.PurePosixPath]:
+    """The stdlib's ``.py`` files worth learning from, as paths relative to `stdlib_dir()`,
+    sorted by path; test suites, tooling and site-packages are left out.
+
+    The one walk of the stdlib: the embedded demo data and the ``builtin:stdlib`` corpus
+    source both read these files.
+    """
     root = stdlib_dir()
     found: list[pathlib.PurePosixPath] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = pathlib.PurePosixPath(pathlib.Path(dirpath).relative_to(root).as_posix())
         # Prune in place so large trees such as site-packages are never walked.
-        dirnames[:] = [d for d in dirnames if not is_excluded_stdlib_path(pathlib.PurePosixPath(d))]
+        dirnames[:] = [d for d in dirnames if not _is_excluded(pathlib.PurePosixPath(d))]
         for name in filenames:
             rel = rel_dir / name
-            if name.endswith(".py") and not is_excluded_stdlib_path(rel):
+            if name.endswith(".py") and not _is_excluded(rel):
                 found.append(rel)
-    for rel in sorted(found, key=str):
+    return sorted(found, key=str)
+
+
+def _iter_stdlib_files() -> Iterator[tuple[pathlib.PurePosixPath, bytes]]:
+    """Yield ``(relative path, raw bytes)`` of eligible stdlib ``.py`` files up to the size cap, sorted by path."""
+    root = stdlib_dir()
+    for rel in stdlib_python_files():
         path = root / rel
         try:
             if path.stat().st_size > _MAX_FILE_BYTES:

@@ -8,12 +8,16 @@ record (JSON list, 1-based) or line (JSONL) and what is wrong.
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from codeinstruct.data.builtin import stdlib_instruction_records
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.files import iter_jsonl, read_bytes
 
 
 @dataclass(frozen=True)
@@ -52,50 +56,44 @@ def _validate(obj: object, where: str) -> InstructionRecord:
     return InstructionRecord(values["instruction"], values["input"], values[response_key])
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
 def load_records(path: str | Path) -> list[InstructionRecord]:
     """All records of a JSON or JSONL file, or CodeinstructError on the first problem."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CodeinstructError(f"{path}: no such file") from None
-    except OSError as e:
-        raise CodeinstructError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise CodeinstructError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start})") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    stripped = text.lstrip()
-    if not stripped:
+    raw = read_bytes(path)
+    # JSON whitespace is ASCII, so the first byte after a BOM and blanks tells a list from JSONL.
+    head = raw.removeprefix(codecs.BOM_UTF8).lstrip()
+    if not head:
         raise CodeinstructError(f"{path}: file is empty")
 
-    if stripped[0] == "[":
+    if head.startswith(b"["):
         try:
-            data = json.loads(text)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise CodeinstructError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start})") from None
+        try:
+            data = json.loads(text.removeprefix("\ufeff"))
         except json.JSONDecodeError as e:
             raise CodeinstructError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
         records = [_validate(obj, f"{path}: record {i + 1}") for i, obj in enumerate(data)]
     else:
-        # JSONL, or a single JSON object per line; a lone object file is a mistake worth naming.
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                hint = " (a JSON file must hold a list of records)" if lineno == 1 and stripped[0] == "{" and len(records) == 0 and "\n" in stripped.strip() else ""
-                raise CodeinstructError(f"{path}: line {lineno}: invalid JSON ({e.msg}){hint}") from None
-            records.append(_validate(obj, f"{path}: line {lineno}"))
+        records = _jsonl_records(path, raw, lone_object=head.startswith(b"{") and b"\n" in head.rstrip())
     if not records:
         raise CodeinstructError(f"{path}: no records")
+    return records
+
+
+def _jsonl_records(path: Path, raw: bytes, lone_object: bool) -> list[InstructionRecord]:
+    """The records of a JSONL file's bytes; `lone_object`: it may be one pretty-printed JSON object."""
+    records = []
+    try:
+        for line_no, obj in iter_jsonl(path, io.BytesIO(raw), objects_only=False):
+            records.append(_validate(obj, f"{path}: line {line_no}"))
+    except CodeinstructError as e:
+        # A lone object spread over lines fails on its first line; say what a JSON file must hold.
+        if lone_object and f"{path}: line 1: invalid JSON" in str(e):
+            raise CodeinstructError(f"{e} (a JSON file must hold a list of records)") from None
+        raise
     return records
 
 
@@ -110,8 +108,6 @@ BUILTIN_STDLIB = "builtin:stdlib"
 def load_instruction_data(spec: str) -> list[InstructionRecord]:
     """A data file, or `builtin:stdlib`: records derived from the local Python standard library."""
     if spec == BUILTIN_STDLIB:
-        from codeinstruct.data.builtin import stdlib_instruction_records
-
         return records_from_dicts(stdlib_instruction_records(), BUILTIN_STDLIB)
     if spec.startswith("builtin:"):
         raise CodeinstructError(f"unknown built-in data '{spec}' (known: {BUILTIN_STDLIB})")

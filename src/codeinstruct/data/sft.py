@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from codeinstruct.data.records import InstructionRecord
+from codeinstruct.data.stats import percentiles  # noqa: F401  (re-exported: the CLI imports it from here)
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.prompts import format_prompt, format_target
 from codeinstruct.tokenizer import encode_texts
@@ -82,13 +83,3 @@ def tokenize_records(
     if not examples:
         raise CodeinstructError(f"{source}: no record fits max_length={max_length} tokens")
     return examples, report
-
-
-def percentiles(values: Sequence[int], qs: Sequence[float] = (50, 90, 95, 99, 100)) -> dict[str, int]:
-    """Nearest-rank percentiles, for length reports."""
-    ordered = sorted(values)
-    out = {}
-    for q in qs:
-        rank = max(1, -(-len(ordered) * q // 100))  # ceil
-        out[f"p{q:g}"] = ordered[int(rank) - 1]
-    return out

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.files import iter_jsonl
 
 HUMANEVAL = "humaneval"
 HUMANEVAL_PROBLEMS = 164
@@ -72,7 +73,7 @@ def load_humaneval() -> Benchmark:
     digest = hashlib.sha256(raw).hexdigest()
     if digest != HUMANEVAL_SHA256:
         raise CodeinstructError(f"{path}: checksum {digest[:12]}... is not HumanEval's ({HUMANEVAL_SHA256[:12]}...)")
-    problems = _parse(raw.decode("utf-8"), str(path))
+    problems = _parse(raw, path)
     if len(problems) != HUMANEVAL_PROBLEMS:
         raise CodeinstructError(f"{path}: {len(problems)} problems, HumanEval has {HUMANEVAL_PROBLEMS}")
     return Benchmark(HUMANEVAL, digest, problems)
@@ -85,10 +86,9 @@ def load_problems(path: str | Path) -> Benchmark:
         data = path.read_bytes()
         if path.suffix == ".gz":
             data = gzip.decompress(data)
-        text = data.decode("utf-8")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError) as e:
         raise CodeinstructError(f"{path}: cannot read ({e})") from None
-    problems = _parse(text, str(path))
+    problems = _parse(data, path)
     if not problems:
         raise CodeinstructError(f"{path}: no problems in the file")
     return Benchmark(str(path.resolve()), hashlib.sha256(data).hexdigest(), problems)
@@ -99,17 +99,13 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
     return load_humaneval() if str(name_or_path) == HUMANEVAL else load_problems(name_or_path)
 
 
-def _parse(text: str, source: str) -> tuple[Problem, ...]:
+def _parse(data: bytes, source: Path) -> tuple[Problem, ...]:
+    """The problems of a JSONL suite's (decompressed) bytes; `source` names the file in errors."""
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{source}:{line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CodeinstructError(f"{where}: not valid JSON ({e.msg})") from None
+    # Not objects_only: a non-object line is told which fields a problem needs.
+    for line_no, record in iter_jsonl(source, io.BytesIO(data), objects_only=False):
+        where = f"{source}: line {line_no}"
         if not isinstance(record, dict):
             raise CodeinstructError(f"{where}: expected a JSON object with {', '.join(FIELDS)}")
         missing = [f for f in FIELDS if f not in record]

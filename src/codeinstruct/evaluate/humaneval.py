@@ -29,7 +29,6 @@ from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.evaluate.benchmarks import HUMANEVAL, load_benchmark
-from codeinstruct.evaluate.files import atomic_writer
 from codeinstruct.evaluate.postprocess import (
     INSTRUCTION,
     build_prompt,
@@ -37,6 +36,7 @@ from codeinstruct.evaluate.postprocess import (
     stop_words,
     to_completion,
 )
+from codeinstruct.files import atomic_writer
 
 
 @dataclass(frozen=True)

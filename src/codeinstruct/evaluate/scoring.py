@@ -27,7 +27,6 @@ from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.evaluate.benchmarks import HUMANEVAL, Benchmark, load_benchmark
-from codeinstruct.evaluate.files import read_jsonl, write_json
 from codeinstruct.evaluate.passk import DEFAULT_KS, mean_pass_at_k
 from codeinstruct.evaluate.sandbox import (
     DEFAULT_LIMITS,
@@ -37,6 +36,7 @@ from codeinstruct.evaluate.sandbox import (
     probe_isolation,
     run_programs,
 )
+from codeinstruct.files import iter_jsonl, write_json
 
 OUTCOMES = ("passed", "failed", "timeout", "error")
 
@@ -97,10 +97,10 @@ def read_samples(path: str | Path) -> tuple[list[Sample], str | None]:
     samples: list[Sample] = []
     per_task: Counter[str] = Counter()
     benchmarks: set[str] = set()
-    for line, record in read_jsonl(path):
+    for line, record in iter_jsonl(path):
         for key in ("task_id", "completion"):
             if not isinstance(record.get(key), str):
-                raise CodeinstructError(f"{path}:{line}: '{key}' is missing or not a string")
+                raise CodeinstructError(f"{path}: line {line}: '{key}' is missing or not a string")
         config = record.get("config")
         if isinstance(config, dict) and isinstance(config.get("benchmark"), str):
             benchmarks.add(config["benchmark"])
@@ -140,7 +140,7 @@ def score_samples(
     problems = benchmark.by_id()
     for s in samples:
         if s.task_id not in problems:
-            raise CodeinstructError(f"{samples_file}:{s.line}: task_id '{s.task_id}' is not in {benchmark.name}")
+            raise CodeinstructError(f"{samples_file}: line {s.line}: task_id '{s.task_id}' is not in {benchmark.name}")
     isolation = isolation or probe_isolation()
     marker = f"codeinstruct-outcome-{secrets.token_hex(8)}"
     programs = [_HARNESS.format(program=problems[s.task_id].program(s.completion), marker=marker) for s in samples]

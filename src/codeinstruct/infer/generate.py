@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
-
-from codeinstruct.devices import pick_device
-from codeinstruct.errors import CodeinstructError
 from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.sampling import SamplingParams
+from codeinstruct.modeling import load_for_inference  # noqa: F401  (re-exported: its home before modeling.py)
 from codeinstruct.prompts import (
     RESPONSE_SEPARATOR,
     STOP_STRINGS,
@@ -24,23 +21,6 @@ from codeinstruct.prompts import (
     fim_prompt_ids,
     format_prompt,
 )
-
-
-def load_for_inference(model_dir: str | Path, device: str = "auto"):
-    """(model, tokenizer) from a Hugging Face directory such as a run's final/."""
-    from transformers import AutoModelForCausalLM
-
-    from codeinstruct.tokenizer import load_tokenizer
-
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise CodeinstructError(f"{path}: not a model directory (no config.json)")
-    tokenizer = load_tokenizer(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise CodeinstructError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
-    return model.to(pick_device(device, "device")).eval(), tokenizer
 
 
 def response_params(params: SamplingParams) -> SamplingParams:
@@ -53,12 +33,14 @@ def generate_text(engine: Engine, prompt: str, params: SamplingParams = Sampling
     return engine.submit(prompt, response_params(params)).result().text
 
 
-def generate_response(engine: Engine, instruction: str, input: str = "", params: SamplingParams = SamplingParams()) -> str:
+def generate_response(engine: Engine, instruction: str, input: str = "",
+                      params: SamplingParams = SamplingParams()) -> str:
     """The answer to one instruction, as the user sees it."""
     return extract_response(generate_text(engine, format_prompt(instruction, input), params))
 
 
-def stream_response(engine: Engine, instruction: str, input: str = "", params: SamplingParams = SamplingParams()) -> Iterator[str]:
+def stream_response(engine: Engine, instruction: str, input: str = "",
+                    params: SamplingParams = SamplingParams()) -> Iterator[str]:
     """The answer as it is generated: pieces whose concatenation is `generate_response`'s text."""
     handle = engine.submit(format_prompt(instruction, input), response_params(params))
     try:

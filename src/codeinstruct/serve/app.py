@@ -6,8 +6,8 @@
     GET  /health                status and load; never needs the API key
     GET  /                      the playground page (static files, no external assets)
 
-The work behind the /v1 routes is done by `LocalModel` (the in-process engine) or `UpstreamModel`
-(another OpenAI-compatible server); both add attribution when an index is loaded.
+The work behind the /v1 routes is done by a `ServingBackend` (serve/backend.py): the in-process engine
+or another OpenAI-compatible server; both add attribution when an index is loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.serve.backend import ServingBackend, open_backend
 from codeinstruct.serve.http import Admission, Attributor
 from codeinstruct.serve.schemas import (
     ApiError,
@@ -68,15 +69,10 @@ def create_app(settings: ServerSettings, *, engine=None, model_name: str | None 
         raise CodeinstructError("give a model (engine) or an upstream URL, not both and not neither")
     admission = Admission(settings.capacity)
     attributor = Attributor(attribution)
-    if engine is not None:
-        from codeinstruct.serve.local import LocalModel
-
-        backend = LocalModel(engine, model_name or "codeinstruct", admission, attributor)
-    else:
-        from codeinstruct.serve.proxy import UpstreamModel
-
-        backend = UpstreamModel(upstream, admission, attributor, settings.max_concurrency, api_key=upstream_api_key,
-                                transport=upstream_transport)
+    backend: ServingBackend = open_backend(
+        engine=engine, model_name=model_name, upstream=upstream, upstream_api_key=upstream_api_key,
+        upstream_transport=upstream_transport, max_concurrency=settings.max_concurrency,
+        admission=admission, attributor=attributor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -122,7 +118,8 @@ def create_app(settings: ServerSettings, *, engine=None, model_name: str | None 
     async def invalid(request: Request, e: RequestValidationError):
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"] if p != "body")
-        return JSONResponse(error_body(f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None), status_code=400)
+        return JSONResponse(error_body(f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None),
+                            status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
@@ -130,11 +127,12 @@ def create_app(settings: ServerSettings, *, engine=None, model_name: str | None 
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):
-        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"), status_code=500)
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"),
+                            status_code=500)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "mode": backend.mode, "model": getattr(backend, "name", None),
+        return {"status": "ok", "mode": backend.mode, "model": backend.name,
                 "attribution": attributor.enabled, "auth": settings.api_key is not None,
                 "active": admission.active, "capacity": admission.capacity,
                 "max_concurrency": settings.max_concurrency, "max_queue": settings.max_queue, **backend.health()}
@@ -194,8 +192,8 @@ def build_app(settings: ServerSettings, *, model: str | Path | None = None, upst
 def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A listening socket for the server (port 0: any free one); an address in use is a one-line error."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
         # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets' connections, and without it
         # a response written in two pieces waits for the client's delayed ACK (40 ms per keep-alive request).
         sock = socket.socket(family, kind, proto)

@@ -1,4 +1,5 @@
-"""The OpenAI routes on the in-process engine (continuous batching, one background thread).
+"""The OpenAI routes on the in-process engine (continuous batching, one background thread): the
+`ServingBackend` of engine mode.
 
 Each request becomes one engine submission per prompt (its `n` samples share the prefill),
 tokenized and submitted on a worker thread: `engine.submit` waits for the engine's lock, which a
@@ -15,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from codeinstruct.errors import CodeinstructError
-from codeinstruct.infer.engine import Engine, RequestHandle
+from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.generate import ResponseStream, fim_request, response_params
+from codeinstruct.infer.requests import RequestHandle
 from codeinstruct.infer.sampling import SamplingParams
 from codeinstruct.prompts import encode_text, format_prompt
 from codeinstruct.serve import openai_compat as oa
@@ -155,16 +158,17 @@ class LocalModel:
         return {"free_slots": self.engine.free_slots, "max_seq_len": self.engine.max_seq_len}
 
     async def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created, "owned_by": "codeinstruct",
-                                            "max_model_len": self.engine.max_seq_len}]}
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
+                                            "owned_by": "codeinstruct", "max_model_len": self.engine.max_seq_len}]}
 
     # ------------------------------------------------------------------ requests -> engine
 
     def _check_size(self, text: str, param: str) -> None:
         # Refused before tokenizing: no token is this long, and tokenizing megabytes would stall every stream.
         if len(text) > MAX_CHARS_PER_TOKEN * self.engine.max_seq_len:
-            raise ApiError(400, f"{param} has {len(text):,} characters; the model's context is {self.engine.max_seq_len} "
-                                "tokens (shorten it)", param=param, code="context_length_exceeded")
+            raise ApiError(400, f"{param} has {len(text):,} characters; the model's context is "
+                                f"{self.engine.max_seq_len} tokens (shorten it)", param=param,
+                           code="context_length_exceeded")
 
     def _check_n(self, n: int) -> None:
         if n > self.engine.max_batch_size:
@@ -197,7 +201,8 @@ class LocalModel:
             if not ids:
                 raise ApiError(400, "prompt: must not be empty", param="prompt")
             stops = oa.fim_stop_ids(tok) if fim else ()
-            params = oa.sampling_params(body, len(ids), self.engine.max_seq_len, max_tokens, "prompt", stop_token_ids=stops)
+            params = oa.sampling_params(body, len(ids), self.engine.max_seq_len, max_tokens, "prompt",
+                                        stop_token_ids=stops)
             out.append(_Prompt(ids, params, echo if body.echo else ""))
         return out
 
@@ -254,14 +259,16 @@ class LocalModel:
                 for event in events:
                     if event is None:
                         open_handles -= 1
-                        if generation.handles[k].error is not None:
-                            raise ApiError(500, f"generation failed: {generation.handles[k].error}", type="server_error")
+                        error = generation.handles[k].error
+                        if error is not None:
+                            raise ApiError(500, f"generation failed: {error}", type="server_error")
                         continue
                     if event.finish_reason == "cancelled":  # not by us: the engine failed or is stopping
                         error = generation.handles[k].error
                         if error is not None:
                             raise ApiError(500, f"generation failed: {error}", type="server_error")
-                        raise ApiError(503, "the generation was cancelled (the server is shutting down)", type="server_error")
+                        raise ApiError(503, "the generation was cancelled (the server is shutting down)",
+                                       type="server_error")
                     index = k * generation.n + event.index
                     text = held.pop(index, "") + event.text
                     if event.finish_reason is None:
@@ -274,37 +281,49 @@ class LocalModel:
 
     # ------------------------------------------------------------------ routes
 
+    def _stream(self, generation: Generation, body, rid: str, created: int, object_name: str,
+                choice_lists: AsyncIterator[list[dict]]) -> SSEResponse:
+        """The event stream of a route: one chunk per list of choices, then usage (when asked) and [DONE];
+        an error on the way is sent as an event, and the generation is finished however the stream ends."""
+        usage_field = {"usage": None} if body.include_usage else {}
+
+        def chunk(choices: list[dict], **extra) -> bytes:
+            return oa.sse(oa.envelope(rid, object_name, created, self.name, choices, **extra))
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                async with aclosing(choice_lists):
+                    async for choices in choice_lists:
+                        yield chunk(choices, **usage_field)
+                if body.include_usage:
+                    yield chunk([], usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()))
+            except ApiError as e:
+                yield oa.sse(e.body())
+            yield oa.DONE
+
+        return SSEResponse(stream(), lambda: self._finish(generation))
+
     async def completions(self, request: Request, body: CompletionRequest, raw: dict | None = None) -> Response:
         generation = await self._start(self._completion_prompts, body, len(body.prompts) * body.n)
         rid, created = oa.new_id("cmpl"), oa.now()
 
-        def chunk(choices: list[dict], **extra) -> bytes:
-            return oa.sse(oa.envelope(rid, "text_completion", created, self.name, choices, **extra))
-
         if body.stream:
-            async def stream() -> AsyncIterator[bytes]:
-                usage_field = {"usage": None} if body.include_usage else {}
+            async def choice_lists() -> AsyncIterator[list[dict]]:
                 texts: dict[int, str] = {}
-                try:
-                    for k, p in enumerate(generation.prompts):
-                        for i in range(generation.n):
-                            if p.echo:
-                                yield chunk([oa.completion_choice(k * generation.n + i, p.echo, None)], **usage_field)
-                    async for index, text, finish in self._events(generation):
-                        texts[index] = texts.get(index, "") + text
-                        if finish is None:
-                            if text:
-                                yield chunk([oa.completion_choice(index, text, None)], **usage_field)
-                            continue
-                        attribution = await self.attributor.check(texts[index])
-                        yield chunk([oa.completion_choice(index, text, finish, attribution)], **usage_field)
-                    if body.include_usage:
-                        yield chunk([], usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()))
-                except ApiError as e:
-                    yield oa.sse(e.body())
-                yield oa.DONE
+                for k, p in enumerate(generation.prompts):
+                    for i in range(generation.n):
+                        if p.echo:
+                            yield [oa.completion_choice(k * generation.n + i, p.echo, None)]
+                async for index, text, finish in self._events(generation):
+                    texts[index] = texts.get(index, "") + text
+                    if finish is None:
+                        if text:
+                            yield [oa.completion_choice(index, text, None)]
+                        continue
+                    attribution = await self.attributor.check(texts[index])
+                    yield [oa.completion_choice(index, text, finish, attribution)]
 
-            return SSEResponse(stream(), lambda: self._finish(generation))
+            return self._stream(generation, body, rid, created, "text_completion", choice_lists())
 
         async def collect() -> dict:
             texts = [""] * generation.samples
@@ -314,7 +333,8 @@ class LocalModel:
                 finishes[index] = finish or finishes[index]
             attributions = await self.attributor.check_all(texts)
             echoes = [p.echo for p in generation.prompts for _ in range(generation.n)]
-            choices = [oa.completion_choice(i, echoes[i] + texts[i], finishes[i], attributions[i]) for i in range(len(texts))]
+            choices = [oa.completion_choice(i, echoes[i] + texts[i], finishes[i], attributions[i])
+                       for i in range(len(texts))]
             return oa.envelope(rid, "text_completion", created, self.name, choices,
                                usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()))
 
@@ -326,30 +346,20 @@ class LocalModel:
         answers = [ResponseStream() for _ in range(generation.samples)]
 
         if body.stream:
-            def chunk(choices: list[dict], **extra) -> bytes:
-                return oa.sse(oa.envelope(rid, "chat.completion.chunk", created, self.name, choices, **extra))
+            async def choice_lists() -> AsyncIterator[list[dict]]:
+                for i in range(generation.samples):
+                    yield [oa.chat_delta(i, {"role": "assistant", "content": ""})]
+                async for index, text, finish in self._events(generation):
+                    piece = answers[index].push(text)
+                    if finish is None:
+                        if piece:
+                            yield [oa.chat_delta(index, {"content": piece})]
+                        continue
+                    attribution = await self.attributor.check(answers[index].text)
+                    delta = {"content": piece} if piece else {}
+                    yield [oa.chat_delta(index, delta, finish, attribution)]
 
-            async def stream() -> AsyncIterator[bytes]:
-                usage_field = {"usage": None} if body.include_usage else {}
-                try:
-                    for i in range(generation.samples):
-                        yield chunk([oa.chat_delta(i, {"role": "assistant", "content": ""})], **usage_field)
-                    async for index, text, finish in self._events(generation):
-                        piece = answers[index].push(text)
-                        if finish is None:
-                            if piece:
-                                yield chunk([oa.chat_delta(index, {"content": piece})], **usage_field)
-                            continue
-                        attribution = await self.attributor.check(answers[index].text)
-                        delta = {"content": piece} if piece else {}
-                        yield chunk([oa.chat_delta(index, delta, finish, attribution)], **usage_field)
-                    if body.include_usage:
-                        yield chunk([], usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()))
-                except ApiError as e:
-                    yield oa.sse(e.body())
-                yield oa.DONE
-
-            return SSEResponse(stream(), lambda: self._finish(generation))
+            return self._stream(generation, body, rid, created, "chat.completion.chunk", choice_lists())
 
         async def collect() -> dict:
             finishes: list[str | None] = [None] * generation.samples

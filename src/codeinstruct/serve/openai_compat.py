@@ -105,7 +105,8 @@ def sampling_params(request, prompt_tokens: int, max_seq_len: int, max_tokens: i
     # Without a seed, sampled answers differ from request to request, as OpenAI's do.
     seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
     return SamplingParams(
-        max_new_tokens=min(max_tokens or room, room), temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
+        max_new_tokens=min(max_tokens or room, room), temperature=request.temperature, top_k=request.top_k,
+        top_p=request.top_p,
         repetition_penalty=request.repetition_penalty, seed=seed, n=request.n,
         stop=tuple(dict.fromkeys((*request.stop_strings, *extra_stops))),
         stop_token_ids=stop_token_ids, ignore_eos=request.ignore_eos,

@@ -1,4 +1,5 @@
-"""Proxy mode: the OpenAI routes in front of another OpenAI-compatible server, adding what it lacks.
+"""Proxy mode: the OpenAI routes in front of another OpenAI-compatible server, adding what it lacks (the
+`ServingBackend` of proxy mode).
 
 A large deployment keeps its engine (vLLM, TGI, ... serving a real StarCoder on GPUs) and gets,
 from this server in front of it:
@@ -102,7 +103,8 @@ class UpstreamModel:
     name = None
 
     def __init__(self, url: str, admission: Admission, attributor: Attributor, max_concurrency: int,
-                 api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None, read_timeout: float = 600.0):
+                 api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 read_timeout: float = 600.0):
         self.base = upstream_base(url)
         self.admission = admission
         self.attributor = attributor

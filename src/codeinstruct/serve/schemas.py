@@ -32,7 +32,8 @@ class ApiError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -97,7 +98,8 @@ class _Request(BaseModel):
         """A 400 for options that would change the answer and that the engine cannot honour."""
         if self.presence_penalty or self.frequency_penalty:
             name = "presence_penalty" if self.presence_penalty else "frequency_penalty"
-            raise ApiError(400, f"{name} is not supported; use repetition_penalty (> 1 discourages repeats)", param=name)
+            raise ApiError(400, f"{name} is not supported; use repetition_penalty (> 1 discourages repeats)",
+                           param=name)
         if self.logit_bias:
             raise ApiError(400, "logit_bias is not supported", param="logit_bias")
 

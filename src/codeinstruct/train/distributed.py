@@ -1,14 +1,10 @@
-"""Many processes under torchrun: FSDP2 sharding, each rank's share of a step, collectives.
+"""Many processes under torchrun: who this process is, FSDP2 sharding, collectives.
 
 One training loop serves one process and many. `Distributed` says who this process is; with a
 world of 1 every collective is a no-op and nothing is sharded, so single-process training runs
 exactly the code it ran before. Under torchrun (nccl on GPUs, gloo on CPU) every transformer block
 is sharded with `fully_shard`, then the root; on GPUs in bf16 the parameters are gathered in bf16
-while gradients are reduced in fp32.
-
-A step's rows are dealt to ranks round-robin, so the rows of a step and therefore the update are
-the same whatever the world size; every rank runs the same number of micro-batches (a rank with
-fewer rows runs the last one again with zero weight) because FSDP's collectives must match.
+while gradients are reduced in fp32. Which rows each rank runs in a step is data.batches' choice.
 """
 
 from __future__ import annotations
@@ -19,6 +15,8 @@ from datetime import timedelta
 
 import torch
 
+# rank_rows, rank_micro_batches: public here before data/batches.py
+from codeinstruct.data.batches import rank_micro_batches, rank_rows  # noqa: F401
 from codeinstruct.devices import pick_device
 from codeinstruct.errors import CodeinstructError
 
@@ -104,22 +102,6 @@ def shard_model(model, dist: Distributed, bf16: bool, cpu_offload: bool):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
-
-
-def rank_rows(step_rows: list[int], rank: int, world: int) -> list[int]:
-    """This rank's rows of one optimizer step."""
-    return step_rows[rank::world]
-
-
-def rank_micro_batches(step_rows: list[int], batch_size: int, rank: int, world: int) -> list[tuple[list[int], float]]:
-    """(row ids, weight) of each micro-batch this rank runs in one step; weight 0 marks a filler."""
-    mine = rank_rows(step_rows, rank, world)
-    most = max(len(rank_rows(step_rows, r, world)) for r in range(world))
-    n_micro = -(-most // batch_size)
-    batches = [(mine[i : i + batch_size], 1.0) for i in range(0, len(mine), batch_size)]
-    filler = (mine or step_rows)[-1:]
-    batches += [(filler, 0.0)] * (n_micro - len(batches))
-    return batches
 
 
 def full_state_dict(model) -> dict:

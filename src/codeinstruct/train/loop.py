@@ -1,170 +1,46 @@
-"""Supervised fine-tuning: one loop a reader can follow top to bottom.
+"""Training: a short setup in named steps, then one fit loop a reader can follow top to bottom.
 
-prepare_sft() reads, validates and tokenizes everything before anything is written, so bad
-input never leaves a half-made run folder. train() then runs AdamW with warmup + decay,
-gradient accumulation whose loss is normalised by the target tokens of the *whole*
-accumulated batch (so every target token weighs the same, whatever micro-batch it fell in),
-clipping, bf16 autocast where the device has it, checkpoints that resume exactly, and writes
-the run folder: config.yaml, metrics.jsonl, loss.png, checkpoints/, final/.
+train() takes data already prepared (train.prepare), so bad input never leaves a half-made run
+folder. It sets up this process's place in the job and its device, the model (sharded with FSDP
+when several processes train it), the rows of the data, AdamW with warmup + decay, the resumed
+position and the run folder; then _fit() runs the optimizer steps: gradient accumulation whose loss
+is normalised by the target tokens of the whole accumulated batch (train.step), clipping, bf16
+autocast where the device has it, metrics, and checkpoints that resume exactly. At the end final/
+holds the model as a Hugging Face directory, beside loss.png and the model card.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import random
-import shutil
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from codeinstruct.config import Recipe
-from codeinstruct.data.packing import Batch, collate_packed, collate_padded, pack_examples
-from codeinstruct.data.records import InstructionRecord, load_instruction_data, split_held_out
-from codeinstruct.data.sft import IGNORE_INDEX, TokenizedExample, tokenize_records
+from codeinstruct.card import write_model_card
+from codeinstruct.config import Recipe, TrainSection
+from codeinstruct.data.batches import EpochRows, epoch_steps, rank_micro_batches, steps_per_epoch
+from codeinstruct.data.sft import TokenizedExample
+from codeinstruct.devices import autocast_dtype
 from codeinstruct.errors import CodeinstructError
-from codeinstruct.modeling import load_model, save_hf_directory
-from codeinstruct.devices import autocast_dtype, pick_device  # noqa: F401  (pick_device: public here before devices.py)
-from codeinstruct.tokenizer import resolve_tokenizer
+from codeinstruct.modeling import context_length, load_model, save_hf_directory
 from codeinstruct.train.checkpoint import load_latest_checkpoint, save_checkpoint
-from codeinstruct.train.distributed import full_state_dict, init_distributed, rank_micro_batches, shard_model
+from codeinstruct.train.distributed import Distributed, full_state_dict, init_distributed, shard_model
+from codeinstruct.train.lora import apply_lora, save_adapter_and_merged
+from codeinstruct.train.prepare import PreparedData
+from codeinstruct.train.run_folder import RunFolder
+from codeinstruct.train.step import accumulate_gradients, clip_gradients
 
-
-@dataclass
-class PreparedData:
-    tokenizer: object
-    examples: list[TokenizedExample]  # epoch 0's (every epoch's, unless examples_for_epoch is set)
-    report: object  # TokenizeReport (finetune) or CorpusReport (pretrain), for the CLI to show
-    held_out: list[InstructionRecord] = field(default_factory=list)
-    # Pretraining redraws FIM each epoch; the row count must stay that of epoch 0.
-    examples_for_epoch: Callable[[int], list[TokenizedExample]] | None = None
-    kind: str = "finetune"  # or "pretrain": what the model card says was done
-
-    def epoch_examples(self, epoch: int) -> list[TokenizedExample]:
-        return self.examples if self.examples_for_epoch is None or epoch == 0 else self.examples_for_epoch(epoch)
-
-
-def prepare_sft(recipe: Recipe) -> PreparedData:
-    """Everything that can fail on the user's input, done before the run folder exists."""
-    tokenizer_spec = recipe.model.tokenizer or recipe.model.source
-    if tokenizer_spec.startswith("preset:"):
-        raise CodeinstructError("model.tokenizer is required when model.source is a preset")
-    if not isinstance(recipe.data.train, str):
-        raise CodeinstructError("data.train: fine-tuning reads one instruction file")
-    tokenizer = resolve_tokenizer(tokenizer_spec)
-    records = load_instruction_data(recipe.data.train)
-    if recipe.data.limit:
-        records = records[: recipe.data.limit]
-    train_records, held_out = split_held_out(records, recipe.data.held_out, recipe.seed)
-    examples, report = tokenize_records(
-        train_records, tokenizer, recipe.data.max_length, recipe.data.overlong, source=recipe.data.train
-    )
-    return PreparedData(tokenizer, examples, report, held_out)
-
-
-def prepare_pretrain(recipe: Recipe) -> PreparedData:
-    """Corpus -> tokens with FIM -> blocks of data.max_length, all before the run folder exists."""
-    from codeinstruct.data.corpus import read_corpus
-    from codeinstruct.data.pretrain import pretraining_blocks
-
-    if not recipe.model.tokenizer:
-        raise CodeinstructError("model.tokenizer is required for pretraining (train one with `codeinstruct tokenizer train`)")
-    tokenizer = resolve_tokenizer(recipe.model.tokenizer)
-    sources = [recipe.data.train] if isinstance(recipe.data.train, str) else recipe.data.train
-    documents, report = read_corpus(sources, include=recipe.data.include)
-    if recipe.data.limit:
-        documents = documents[: recipe.data.limit]
-    if not documents:
-        raise CodeinstructError(f"data.train: no documents found in {', '.join(sources)}")
-    texts = [d.content for d in documents]
-    d = recipe.data
-
-    def blocks(epoch: int, n_blocks: int | None = None) -> list[TokenizedExample]:
-        return pretraining_blocks(texts, tokenizer, d.max_length, fim_rate=d.fim_rate, fim_spm_rate=d.fim_spm_rate,
-                                  seed=recipe.seed, epoch=epoch, n_blocks=n_blocks)
-
-    first = blocks(0)
-    return PreparedData(tokenizer, first, report, examples_for_epoch=lambda epoch: blocks(epoch, len(first)), kind="pretrain")
-
-
-def model_attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
-    """The packed 4-D bool mask in the form the model's attention takes it."""
-    if mask.dim() == 4 and model.config._attn_implementation == "eager":
-        # eager attention adds the mask to the scores instead of selecting with it
-        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
-            ~mask, torch.finfo(torch.float32).min
-        )
-    return mask
-
-
-def batch_loss_sum(model, batch: Batch, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the batch's target tokens (fp32)."""
-    mask = model_attention_mask(model, batch.attention_mask)
-    with torch.autocast(batch.input_ids.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids).logits
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-
-
-def accumulate_gradients(model, batches: list[tuple[Batch, float]], device, amp_dtype, n_targets: int,
-                         world: int = 1) -> float:
-    """Backward over this process's micro-batches of one optimizer step; returns their summed loss.
-
-    Each micro-batch's summed loss is divided by the target count of the whole step (over all
-    processes), so the gradient is that of one big batch: a mean of per-micro-batch means would
-    overweight the tokens of short micro-batches. FSDP averages gradients over the processes,
-    hence the factor `world`. A micro-batch of weight 0 only keeps the processes' collectives in step.
-    """
-    total = 0.0
-    for batch, weight in batches:
-        loss_sum = batch_loss_sum(model, batch.to(device), amp_dtype)
-        (loss_sum * (weight * world / n_targets)).backward()
-        total += weight * loss_sum.item()
-    return total
-
-
-def row_target_counts(examples: list[TokenizedExample], rows: list[list[int]]) -> list[int]:
-    """Target tokens of each row (what a Batch of it would count), without collating."""
-    per_example = [sum(1 for label in e.labels[1:] if label != IGNORE_INDEX) for e in examples]
-    return [sum(per_example[i] for i in row) for row in rows]
-
-
-def make_rows(examples: list[TokenizedExample], max_length: int, packing: bool) -> list[list[int]]:
-    if packing:
-        return pack_examples([len(e.input_ids) for e in examples], max_length)
-    return [[i] for i in range(len(examples))]
-
-
-def epoch_micro_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Row indices of each micro-batch of one epoch: a shuffle fixed by (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_rows, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n_rows, batch_size)]
-
-
-def collate_rows(examples: list[TokenizedExample], rows: list[list[int]], row_ids: list[int], packing: bool, pad_id: int) -> Batch:
-    if packing:
-        return collate_packed([[examples[i] for i in rows[r]] for r in row_ids], pad_id)
-    return collate_padded([examples[rows[r][0]] for r in row_ids], pad_id)
-
-
-def _fingerprint(recipe: Recipe, examples: list[TokenizedExample]) -> str:
-    """Identifies the data order a checkpoint belongs to; resuming with other data is refused."""
-    h = hashlib.sha256()
-    h.update(json.dumps([recipe.seed, recipe.data.max_length, recipe.data.packing, recipe.train.batch_size,
-                         recipe.train.grad_accum, recipe.train.epochs]).encode())
-    for e in examples:
-        h.update(array("l", e.input_ids).tobytes())
-        h.update(array("l", e.labels).tobytes())
-    return h.hexdigest()[:16]
+# Public here before they moved to their own modules: the CLI, tests and benchmarks import them from here.
+from codeinstruct.data.batches import collate_rows, epoch_micro_batches, make_rows  # noqa: F401
+from codeinstruct.devices import pick_device  # noqa: F401
+from codeinstruct.train.prepare import prepare_pretrain, prepare_sft  # noqa: F401
+from codeinstruct.train.step import batch_loss_sum, model_attention_mask  # noqa: F401
 
 
 class TrainingObserver:
@@ -189,38 +65,33 @@ class TrainResult:
     interrupted: bool = False
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class Position:
+    """Where training stands after `step` steps: what a checkpoint stores to resume exactly there."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0  # the next step to run in `epoch`
+    target_tokens: int = 0  # trained on so far
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+@dataclass
+class _Setup:
+    """What train()'s setup steps made, for _fit() to run."""
 
-
-def plot_loss(metrics_path: Path, out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = _read_metrics(metrics_path)
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (per target token)")
-    ax.set_title(out_png.parent.name)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    recipe: Recipe
+    data: PreparedData
+    run: RunFolder
+    dist: Distributed
+    model: torch.nn.Module
+    amp_dtype: torch.dtype | None
+    first_rows: EpochRows  # epoch 0's, and every epoch's unless the data redraws them
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    fingerprint: str
+    start: Position
+    resumed_from: int | None
 
 
 def train(
@@ -231,36 +102,61 @@ def train(
     observer: TrainingObserver | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    observer = observer or TrainingObserver()
-    cfg = recipe.train
-    run_dir = recipe.resolved_run_dir()
-    ckpt_root = run_dir / "checkpoints"
-    final_dir = run_dir / "final"
-    metrics_path = run_dir / "metrics.jsonl"
-
-    if run_dir.exists() and not resume and any(run_dir.iterdir()):
-        raise CodeinstructError(f"{run_dir}: run folder already exists; pass --resume to continue it, or set run_dir=...")
-    if resume and final_dir.exists():
-        raise CodeinstructError(f"{run_dir}: this run already finished (final/ exists); nothing to resume")
-    created_run_dir = not run_dir.exists()
-    dist = init_distributed(cfg.device)
+    """Train the recipe's model on prepared data into its run folder (continuing its latest checkpoint
+    with `resume`); `should_stop` is asked after each step and, when true, checkpoints and stops."""
+    run = RunFolder(recipe.resolved_run_dir())
+    run.check_can_start(resume)
+    created_run_dir = not run.path.exists()
+    dist = init_distributed(recipe.train.device)
     dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+    try:
+        setup = _setup(recipe, data, run, dist, resume)
+        result = _fit(setup, observer or TrainingObserver(), should_stop)
+        if not result.interrupted:
+            _finish(setup)
+            result = replace(result, final_dir=run.final)
+    except BaseException:  # Ctrl-C included: a folder this call made, with nothing to resume, is removed
+        if created_run_dir and dist.main:
+            run.remove_unless_resumable()
+        raise
+    dist.close()
+    return result
 
-    device = dist.device
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    # sharded on GPUs, FSDP's mixed precision gathers bf16 parameters instead of autocasting
-    fsdp_bf16 = dist.sharded and device.type == "cuda" and amp_dtype == torch.bfloat16
+
+# ---------------------------------------------------------------------------------------------------
+# setup
+
+
+def _setup(recipe: Recipe, data: PreparedData, run: RunFolder, dist: Distributed, resume: bool) -> _Setup:
+    cfg = recipe.train
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
-    model = _build_model(recipe, data.tokenizer).to(device)
-    if len(data.tokenizer) > model.config.vocab_size:
+    model, amp_dtype = _setup_model(recipe, data.tokenizer, dist)
+    first_rows = EpochRows.build(data.examples, recipe.data.max_length, recipe.data.packing)
+    total_steps = cfg.epochs * steps_per_epoch(len(first_rows.rows), cfg.batch_size, cfg.grad_accum)
+    optimizer, scheduler = _setup_optimizer(cfg, model, total_steps)
+    fingerprint = _fingerprint(recipe, data.examples)
+    start = _setup_resume(run, model, optimizer, scheduler, dist, fingerprint) if resume else None
+    if dist.main:
+        run.start(recipe, data.held_out, resumed_step=start.step if start else 0)
+    return _Setup(recipe, data, run, dist, model, amp_dtype, first_rows, total_steps, optimizer, scheduler,
+                  fingerprint, start or Position(), start.step if start else None)
+
+
+def _setup_model(recipe: Recipe, tokenizer, dist: Distributed) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """The model on this process's device, ready to train, and the dtype to autocast to (None: fp32)."""
+    amp_dtype = autocast_dtype(recipe.train.precision, dist.device)
+    # sharded on GPUs, FSDP's mixed precision gathers bf16 parameters instead of autocasting
+    fsdp_bf16 = dist.sharded and dist.device.type == "cuda" and amp_dtype == torch.bfloat16
+    model = _build_model(recipe, tokenizer).to(dist.device)
+    if len(tokenizer) > model.config.vocab_size:
         raise CodeinstructError(
-            f"tokenizer has {len(data.tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}"
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}"
         )
-    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    positions = context_length(model.config)
     if positions is not None and recipe.data.max_length > positions:
         raise CodeinstructError(f"data.max_length={recipe.data.max_length} exceeds the model's {positions} positions")
-    if cfg.gradient_checkpointing:
+    if recipe.train.gradient_checkpointing:
         # renamed in transformers 5; the old name warns
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -272,14 +168,25 @@ def train(
         if fsdp_bf16:
             amp_dtype = None
     model.train()
+    return model, amp_dtype
 
-    examples = data.examples
-    pad_id = data.tokenizer.eos_token_id  # never a target: padded positions carry IGNORE_INDEX
-    rows = make_rows(examples, recipe.data.max_length, recipe.data.packing)
-    row_targets = row_target_counts(examples, rows)
-    micro_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total_steps = cfg.epochs * steps_per_epoch
+
+def _build_model(recipe: Recipe, tokenizer):
+    """The recipe's model, with fresh LoRA adapters when it trains only those."""
+    model = load_model(
+        recipe.model.source,
+        tokenizer=tokenizer,
+        dropout=recipe.model.dropout,
+        attn_implementation=recipe.model.attn_implementation,
+    )
+    if recipe.model.method == "lora":
+        model = apply_lora(model, recipe.model.lora)
+    return model
+
+
+def _setup_optimizer(cfg: TrainSection, model, total_steps: int):
+    """AdamW (no weight decay on biases and layer norms) and its warmup + decay schedule."""
+    from transformers import get_scheduler
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -290,147 +197,129 @@ def train(
         lr=cfg.lr,
         betas=cfg.betas,
     )
-    from transformers import get_scheduler
-
     scheduler = get_scheduler(
         cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup",
         optimizer,
         num_warmup_steps=round(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    return optimizer, scheduler
 
-    fingerprint = _fingerprint(recipe, examples)
-    step, start_epoch, start_step_in_epoch, tokens_seen = 0, 0, 0, 0
-    resumed_from = None
-    if resume:
-        state = load_latest_checkpoint(ckpt_root, model, optimizer, scheduler, dist)
-        if state is not None:
-            if state["fingerprint"] != fingerprint:
-                raise CodeinstructError(
-                    f"{ckpt_root}: the checkpoint was made with other data or batch settings; resume needs the same recipe"
-                )
-            step, start_epoch, start_step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-            tokens_seen = state["target_tokens"]
-            resumed_from = step
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(run_dir / "config.yaml", recipe.to_yaml())
-        # Metrics past the resumed checkpoint describe steps that will be redone.
-        kept = [m for m in _read_metrics(metrics_path) if m["step"] <= step]
-        _write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
-    if data.held_out and dist.main:
-        _write_atomic(run_dir / "held_out.jsonl", "".join(
-            json.dumps({"instruction": r.instruction, "input": r.input, "response": r.response}) + "\n"
-            for r in data.held_out
-        ))
 
-    observer.start(total_steps, step)
+def _fingerprint(recipe: Recipe, examples: list[TokenizedExample]) -> str:
+    """Identifies the data order a checkpoint belongs to; resuming with other data is refused."""
+    h = hashlib.sha256()
+    h.update(json.dumps([recipe.seed, recipe.data.max_length, recipe.data.packing, recipe.train.batch_size,
+                         recipe.train.grad_accum, recipe.train.epochs]).encode())
+    for e in examples:
+        h.update(array("l", e.input_ids).tobytes())
+        h.update(array("l", e.labels).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _setup_resume(run: RunFolder, model, optimizer, scheduler, dist: Distributed, fingerprint: str) -> Position | None:
+    """The latest checkpoint restored into model, optimizer, scheduler and RNGs; its position, or None."""
+    state = load_latest_checkpoint(run.checkpoints, model, optimizer, scheduler, dist)
+    if state is None:
+        return None
+    if state["fingerprint"] != fingerprint:
+        raise CodeinstructError(
+            f"{run.checkpoints}: the checkpoint was made with other data or batch settings; "
+            "resume needs the same recipe"
+        )
+    return Position(state["step"], state["epoch"], state["step_in_epoch"], state["target_tokens"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# fit
+
+
+def _fit(s: _Setup, observer: TrainingObserver, should_stop: Callable[[], bool] | None) -> TrainResult:
+    """The optimizer steps from s.start to the end (or to a stop request, which checkpoints first)."""
+    cfg, dist, model = s.recipe.train, s.dist, s.model
+    pad_id = s.data.tokenizer.eos_token_id  # never a target: padded positions carry IGNORE_INDEX
+    position = s.start
+    observer.start(s.total_steps, position.step)
     t_start = time.perf_counter()
     t_window, tokens_window = t_start, 0
     last_loss = float("nan")
-    checkpoint_written = resumed_from is not None
 
-    def write_checkpoint(epoch: int, step_in_epoch: int) -> None:
-        nonlocal checkpoint_written
-        state = dict(step=step, epoch=epoch, step_in_epoch=step_in_epoch, target_tokens=tokens_seen,
-                     fingerprint=fingerprint, total_steps=total_steps)
-        path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, cfg.keep_checkpoints, dist)
-        checkpoint_written = True
-        if dist.main:
-            plot_loss(metrics_path, run_dir / "loss.png")
-            observer.checkpoint(path)
+    for epoch in range(s.start.epoch, cfg.epochs):
+        rows = _epoch_rows(s, epoch)
+        steps = epoch_steps(len(rows.rows), cfg.batch_size, cfg.grad_accum, s.recipe.seed, epoch)
+        assert len(steps) * cfg.epochs == s.total_steps, "epochs must have equal steps"
+        # here position is (epoch, step to resume at) or, past the resumed epoch, (epoch, 0)
+        for step_in_epoch in range(position.step_in_epoch, len(steps)):
+            step_rows = steps[step_in_epoch]
+            n_targets = rows.n_targets(step_rows)  # over all processes
+            batches = [(rows.collate(ids, pad_id), weight)
+                       for ids, weight in rank_micro_batches(step_rows, cfg.batch_size, dist.rank, dist.world)]
+            local_loss = accumulate_gradients(model, batches, dist.device, s.amp_dtype, n_targets, dist.world)
+            last_loss = dist.sum(local_loss) / n_targets
+            grad_norm = clip_gradients(model, cfg.max_grad_norm)
+            lr = s.scheduler.get_last_lr()[0]
+            s.optimizer.step()
+            s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
+            at_epoch_end = step_in_epoch + 1 == len(steps)
+            position = Position(position.step + 1, epoch + 1 if at_epoch_end else epoch,
+                                0 if at_epoch_end else step_in_epoch + 1, position.target_tokens + n_targets)
+            tokens_window += n_targets
 
-    try:
-        with (metrics_path.open("a") if dist.main else open(os.devnull, "w")) as metrics_file:
-            for epoch in range(start_epoch, cfg.epochs):
-                if epoch > 0 and data.examples_for_epoch is not None:
-                    examples = data.epoch_examples(epoch)
-                    rows = make_rows(examples, recipe.data.max_length, recipe.data.packing)
-                    row_targets = row_target_counts(examples, rows)
-                    assert math.ceil(len(rows) / cfg.batch_size) == micro_per_epoch, "epochs must have equal steps"
-                micro = epoch_micro_batches(len(rows), cfg.batch_size, recipe.seed, epoch)
-                steps = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
-                first = start_step_in_epoch if epoch == start_epoch else 0
-                for step_in_epoch in range(first, len(steps)):
-                    step_rows = [r for ids in steps[step_in_epoch] for r in ids]
-                    n_targets = sum(row_targets[r] for r in step_rows)  # over all processes
-                    batches = [(collate_rows(examples, rows, ids, recipe.data.packing, pad_id), weight)
-                               for ids, weight in rank_micro_batches(step_rows, cfg.batch_size, dist.rank, dist.world)]
-                    local_loss = accumulate_gradients(model, batches, device, amp_dtype, n_targets, dist.world)
-                    last_loss = dist.sum(local_loss) / n_targets
-                    grad_norm = _clip_gradients(model, cfg.max_grad_norm)
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    tokens_seen += n_targets
-                    tokens_window += n_targets
+            now = time.perf_counter()
+            metrics = dict(step=position.step, epoch=epoch + (step_in_epoch + 1) / len(steps), loss=round(last_loss, 6),
+                           lr=lr, grad_norm=round(grad_norm, 6), target_tokens=position.target_tokens,
+                           tokens_per_s=round(tokens_window / max(now - t_window, 1e-9), 1),
+                           elapsed_s=round(now - t_start, 3))
+            if dist.main and (position.step % cfg.log_every == 0 or position.step == s.total_steps):
+                s.run.log_metrics(metrics)
+                t_window, tokens_window = now, 0
+            if dist.main:
+                observer.step(metrics)
 
-                    now = time.perf_counter()
-                    metrics = dict(step=step, epoch=epoch + (step_in_epoch + 1) / len(steps), loss=round(last_loss, 6),
-                                   lr=lr, grad_norm=round(grad_norm, 6), target_tokens=tokens_seen,
-                                   tokens_per_s=round(tokens_window / max(now - t_window, 1e-9), 1),
-                                   elapsed_s=round(now - t_start, 3))
-                    if dist.main and (step % cfg.log_every == 0 or step == total_steps):
-                        metrics_file.write(json.dumps(metrics) + "\n")
-                        metrics_file.flush()
-                        t_window, tokens_window = now, 0
-                    if dist.main:
-                        observer.step(metrics)
-                    at_epoch_end = step_in_epoch + 1 == len(steps)
-                    if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                        write_checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch + 1)
-                    if should_stop is not None and dist.any(should_stop()) and step < total_steps:
-                        if not (cfg.save_every and step % cfg.save_every == 0):
-                            write_checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch + 1)
-                        dist.close()
-                        return TrainResult(run_dir, None, step, last_loss, tokens_seen,
-                                           time.perf_counter() - t_start, resumed_from, interrupted=True)
-        train_seconds = time.perf_counter() - t_start  # the loop only, not the final save
-        model.eval()
-        _save_final(recipe, model, data.tokenizer, run_dir, dist)
-        if dist.main:
-            plot_loss(metrics_path, run_dir / "loss.png")
-            from codeinstruct.card import write_model_card
-
-            write_model_card(run_dir, kind=data.kind)
-    except BaseException:
-        # A run that never reached a checkpoint holds nothing to resume: leave no half-made folder.
-        if created_run_dir and not checkpoint_written and dist.main:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    dist.close()
-    return TrainResult(run_dir, final_dir, step, last_loss, tokens_seen, train_seconds, resumed_from)
+            unfinished = position.step < s.total_steps
+            scheduled = bool(cfg.save_every) and position.step % cfg.save_every == 0
+            if scheduled and unfinished:
+                _save_checkpoint(s, position, observer)
+            if should_stop is not None and dist.any(should_stop()) and unfinished:
+                if not scheduled:
+                    _save_checkpoint(s, position, observer)
+                return TrainResult(s.run.path, None, position.step, last_loss, position.target_tokens,
+                                   time.perf_counter() - t_start, s.resumed_from, interrupted=True)
+    seconds = time.perf_counter() - t_start  # the loop only, not the final save
+    return TrainResult(s.run.path, None, position.step, last_loss, position.target_tokens, seconds, s.resumed_from)
 
 
-def _build_model(recipe: Recipe, tokenizer):
-    model = load_model(
-        recipe.model.source,
-        tokenizer=tokenizer,
-        dropout=recipe.model.dropout,
-        attn_implementation=recipe.model.attn_implementation,
-    )
-    if recipe.model.method == "lora":
-        from codeinstruct.train.lora import apply_lora
-
-        model = apply_lora(model, recipe.model.lora)
-    return model
+def _epoch_rows(s: _Setup, epoch: int) -> EpochRows:
+    """This epoch's rows: epoch 0's, unless the data redraws its examples each epoch (pretraining's FIM)."""
+    if epoch == 0 or s.data.examples_for_epoch is None:
+        return s.first_rows
+    return EpochRows.build(s.data.epoch_examples(epoch), s.recipe.data.max_length, s.recipe.data.packing)
 
 
-def _clip_gradients(model, max_norm: float | None) -> float:
-    """Clip to max_norm (None: only measure); the total norm over all processes' shards."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
-        norm = norm.full_tensor()
-    return float(norm)
+def _save_checkpoint(s: _Setup, position: Position, observer: TrainingObserver) -> None:
+    state = {**asdict(position), "fingerprint": s.fingerprint, "total_steps": s.total_steps}
+    path = save_checkpoint(s.run.checkpoints, position.step, s.model, s.optimizer, s.scheduler, state,
+                           s.recipe.train.keep_checkpoints, s.dist)
+    if s.dist.main:
+        s.run.plot_loss()
+        observer.checkpoint(path)
 
 
-def _save_final(recipe: Recipe, model, tokenizer, run_dir: Path, dist) -> None:
+# ---------------------------------------------------------------------------------------------------
+# finish
+
+
+def _finish(s: _Setup) -> None:
+    """final/, then (rank 0) the loss plot and the model card."""
+    s.model.eval()
+    _save_final(s.recipe, s.model, s.data.tokenizer, s.run, s.dist)
+    if s.dist.main:
+        s.run.plot_loss()
+        write_model_card(s.run.path, kind=s.data.kind)
+
+
+def _save_final(recipe: Recipe, model, tokenizer, run: RunFolder, dist: Distributed) -> None:
     """final/ as a Hugging Face directory (merged, for LoRA, with the adapter in adapter/)."""
     state = full_state_dict(model) if dist.sharded else None  # a collective: every rank
     if dist.main:
@@ -441,9 +330,7 @@ def _save_final(recipe: Recipe, model, tokenizer, run_dir: Path, dist) -> None:
                 raise CodeinstructError(f"gathered weights do not fit the model: {(unexpected or missing)[:3]}")
             model.eval()
         if recipe.model.method == "lora":
-            from codeinstruct.train.lora import save_adapter_and_merged
-
-            save_adapter_and_merged(model, tokenizer, run_dir / "adapter", run_dir / "final")
+            save_adapter_and_merged(model, tokenizer, run.path / "adapter", run.final)
         else:
-            save_hf_directory(model, tokenizer, run_dir / "final")
+            save_hf_directory(model, tokenizer, run.final)
     dist.barrier()

@@ -8,10 +8,12 @@ full fine-tune (the engine, vLLM, TGI) loads it.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from codeinstruct.config import LoraSection
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.modeling import save_hf_directory
 
 GPTBIGCODE_TARGETS = ("c_attn", "c_proj", "c_fc", "q_attn")
 
@@ -39,10 +41,6 @@ def apply_lora(model, settings: LoraSection):
 
 def save_adapter_and_merged(peft_model, tokenizer, adapter_dir: Path, merged_dir: Path) -> None:
     """Write the adapter alone (peft format, atomically) and the merged full model."""
-    import shutil
-
-    from codeinstruct.modeling import save_hf_directory
-
     tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -20,6 +20,7 @@ Estimates, not measurements: good to a few GiB, which is what deciding settings 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from codeinstruct.config import Recipe
@@ -118,14 +119,75 @@ def estimate(shape: ModelShape, *, method: str, checkpointing: bool, gpus: int, 
     return MemoryEstimate(method, checkpointing, params, 4 * trained / w, 8 * trained / w, half * gathered, acts)
 
 
-def plan(recipe: Recipe, gpus: int | None = None) -> tuple[ModelShape, int, list[MemoryEstimate]]:
+@dataclass(frozen=True)
+class Plan:
+    """The four estimates (full/LoRA x activation checkpointing off/on) for a recipe on `gpus` GPUs
+    of `gpu_mem_gib` each, which one the recipe asks for, whether it fits, and what to change."""
+
+    shape: ModelShape
+    gpus: int
+    gpu_mem_gib: float
+    micro_batch: int
+    max_length: int
+    estimates: tuple[MemoryEstimate, ...]
+    chosen: MemoryEstimate  # the recipe's own method and checkpointing
+
+    def fits(self, estimate: MemoryEstimate | None = None) -> bool:
+        return (estimate or self.chosen).total <= self.gpu_mem_gib * GIB
+
+    @property
+    def fitting(self) -> tuple[MemoryEstimate, ...]:
+        return tuple(e for e in self.estimates if self.fits(e))
+
+    @property
+    def suggestion(self) -> MemoryEstimate | None:
+        """Where the recipe does not fit: the fitting settings nearest to it (same method first)."""
+        if self.fits() or not self.fitting:
+            return None
+        return min(self.fitting, key=lambda e: (e.method != self.chosen.method, e.checkpointing != self.chosen.checkpointing))
+
+    @property
+    def advice(self) -> str | None:
+        """The overrides to pass, or what to change when nothing fits; None when the recipe fits."""
+        if self.fits():
+            return None
+        if self.suggestion is None:
+            return "nothing fits: use more GPUs (--gpus), a shorter data.max_length or train.batch_size=1"
+        best = self.suggestion
+        return f"model.method={best.method} train.gradient_checkpointing={str(best.checkpointing).lower()}"
+
+    def as_dict(self) -> dict:
+        def gib(e: MemoryEstimate) -> dict:
+            return {k: round(getattr(e, k) / GIB, 2)
+                    for k in ("parameters", "gradients", "optimizer", "buffers", "activations", "overhead", "total")}
+
+        return {
+            "model": self.shape.description, "parameters": self.shape.parameters, "gpus": self.gpus,
+            "gpu_mem_gib": self.gpu_mem_gib, "micro_batch": self.micro_batch, "max_length": self.max_length,
+            "estimates": [{"method": e.method, "activation_checkpointing": e.checkpointing, **gib(e), "fits": self.fits(e)}
+                          for e in self.estimates],
+            "recipe": {"method": self.chosen.method, "activation_checkpointing": self.chosen.checkpointing,
+                       "total_gib": round(self.chosen.total / GIB, 2), "fits": self.fits()},
+            "advice": self.advice,
+        }
+
+    def __iter__(self):
+        """Deprecated: `shape, gpus, rows = plan(...)` as before Plan existed."""
+        warnings.warn("unpacking plan() is deprecated; use Plan.shape, Plan.gpus and Plan.estimates",
+                      DeprecationWarning, stacklevel=2)
+        return iter((self.shape, self.gpus, list(self.estimates)))
+
+
+def plan(recipe: Recipe, gpus: int | None = None, gpu_mem_gib: float = 80.0) -> Plan:
+    """Per-GPU memory of training `recipe` on `gpus` GPUs (default: the recipe's distributed.gpus, else 1)."""
     gpus = gpus or recipe.distributed.gpus or 1
     shape = model_shape(recipe)
     bf16 = recipe.train.precision != "fp32"
-    rows = [
+    rows = tuple(
         estimate(shape, method=m, checkpointing=c, gpus=gpus, batch_size=recipe.train.batch_size,
                  max_length=recipe.data.max_length, bf16=bf16)
         for m in ("full", "lora")
         for c in (False, True)
-    ]
-    return shape, gpus, rows
+    )
+    chosen = next(e for e in rows if e.method == recipe.model.method and e.checkpointing == recipe.train.gradient_checkpointing)
+    return Plan(shape, gpus, gpu_mem_gib, recipe.train.batch_size, recipe.data.max_length, rows, chosen)

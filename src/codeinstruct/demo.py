@@ -1,0 +1,98 @@
+"""The embedded default: the whole StarCoder path offline on a laptop, as library steps.
+
+1. pretrain a small GPTBigCode with FIM on the local Python standard library (`tiny-pretrain-cpu`),
+2. instruction-tune it on records derived from the stdlib's documented functions (`tiny-cpu`),
+3. answer held-out instructions and fill a gap with the base (PSM),
+4. check the answers against an attribution index of the pretraining corpus and, opt-in, score
+   a few HumanEval completions in the sandbox.
+
+Each step returns values; `codeinstruct demo` prints them and draws the training progress.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from codeinstruct.attribution import AttributionIndex, build_index
+from codeinstruct.config import Recipe, load_recipe, recipe_path
+from codeinstruct.data.records import InstructionRecord, load_records
+from codeinstruct.errors import CodeinstructError
+from codeinstruct.evaluate.humaneval import GenerationConfig, generate_samples
+from codeinstruct.evaluate.scoring import score_samples
+from codeinstruct.infer.engine import Engine
+from codeinstruct.infer.generate import complete_middle, generate_response
+from codeinstruct.infer.sampling import SamplingParams
+
+STAGE_DIRS = ("pretrain", "finetune")
+ANSWER_TOKENS = 160
+GAP_TOKENS = 60
+HUMANEVAL_PROBLEMS = 5
+
+
+def start_fresh(run_dir: Path) -> None:
+    """The demo always starts anew; a folder that is not an earlier demo's is never removed."""
+    if run_dir.exists():
+        entries = {p.name for p in run_dir.iterdir()}
+        if entries and not set(STAGE_DIRS) & entries:
+            raise CodeinstructError(f"{run_dir}: exists and is not a demo folder; choose another --run-dir")
+        shutil.rmtree(run_dir)
+
+
+def pretrain_recipe(run_dir: Path) -> Recipe:
+    return load_recipe(recipe_path("tiny-pretrain-cpu"), [f"run_dir={run_dir / 'pretrain'}"])
+
+
+def finetune_recipe(run_dir: Path, base: Path) -> Recipe:
+    """The embedded SFT recipe on the pretrained base and its tokenizer."""
+    return load_recipe(recipe_path("tiny-cpu"), [f"run_dir={run_dir / 'finetune'}", f"model.source={base}", "model.tokenizer=null"])
+
+
+@dataclass(frozen=True)
+class Answer:
+    record: InstructionRecord
+    answer: str
+
+
+def answer_held_out(model: Path, run_dir: Path, count: int) -> list[Answer]:
+    """Greedy answers of the instruction-tuned model to the first `count` held-out records."""
+    engine = Engine.from_pretrained(model, max_batch_size=1)
+    held_out = load_records(run_dir / "finetune" / "held_out.jsonl")[:count]
+    params = SamplingParams(max_new_tokens=ANSWER_TOKENS)
+    return [Answer(r, generate_response(engine, r.instruction, r.input, params)) for r in held_out]
+
+
+@dataclass(frozen=True)
+class FilledGap:
+    prefix: str
+    middle: str
+    suffix: str
+
+
+def fill_gap(base: Path, code: str) -> FilledGap | None:
+    """The base model fills everything between the first and the last line of `code` (PSM);
+    None when the code is too short to have a gap."""
+    lines = code.splitlines(keepends=True)
+    if len(lines) < 3:
+        return None
+    prefix, suffix = lines[0], lines[-1]
+    middle = complete_middle(Engine.from_pretrained(base, max_batch_size=1), prefix, suffix,
+                             params=SamplingParams(max_new_tokens=GAP_TOKENS))
+    middle = "\n".join(line.rstrip() for line in middle.splitlines() if line.strip()) + "\n"  # a tiny model rambles
+    return FilledGap(prefix, middle, suffix)
+
+
+def attribute_answers(run_dir: Path, answers: list[str]):
+    """Index the pretraining corpus, then check each answer: (index summary, one report per answer)."""
+    summary = build_index(["builtin:stdlib"], run_dir / "index")
+    with AttributionIndex.open(run_dir / "index") as index:
+        reports = [index.check(answer, language="Python") for answer in answers]
+    return summary, reports
+
+
+def humaneval_in_sandbox(run_dir: Path, base: Path):
+    """The base model completes the first HumanEval problems; their tests run in the sandbox."""
+    samples = run_dir / "humaneval-samples.jsonl"
+    generate_samples(GenerationConfig(model=str(base), mode="base", limit=HUMANEVAL_PROBLEMS, max_new_tokens=96), samples)
+    return score_samples(samples, allow_code_execution=True)
