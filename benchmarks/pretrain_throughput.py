@@ -20,7 +20,8 @@ import torch
 
 from codeinstruct.config import load_recipe, recipe_path
 from codeinstruct.modeling import count_parameters
-from codeinstruct.train.loop import prepare_pretrain, train
+from codeinstruct.train.loop import train
+from codeinstruct.train.prepare import prepare_pretrain
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -44,11 +45,18 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = load_recipe(recipe_path("tiny-pretrain-cpu"), [
-            f"run_dir={tmp}/run", f"data.limit={args.docs}", f"model.source=preset:{args.preset}",
-            f"data.max_length={args.max_length}", f"train.batch_size={args.batch_size}", "train.save_every=0",
-            "train.log_every=1",
-        ])
+        recipe = load_recipe(
+            recipe_path("tiny-pretrain-cpu"),
+            [
+                f"run_dir={tmp}/run",
+                f"data.limit={args.docs}",
+                f"model.source=preset:{args.preset}",
+                f"data.max_length={args.max_length}",
+                f"train.batch_size={args.batch_size}",
+                "train.save_every=0",
+                "train.log_every=1",
+            ],
+        )
         data = prepare_pretrain(recipe)
         peak_before = matmul_peak()
         result = train(recipe, data)
@@ -68,10 +76,17 @@ def main() -> None:
     achieved = tokens_per_s * flops_per_token
     peak = max(peak_before, peak_after)
     rows = {
-        "preset": args.preset, "parameters": n_params, "context": args.max_length, "batch_size": args.batch_size,
-        "steps": result.steps, "threads": torch.get_num_threads(), "tokens_per_s": round(tokens_per_s, 1),
-        "model_flop_per_token": flops_per_token, "achieved_gflop_s": round(achieved / 1e9, 2),
-        "matmul_peak_gflop_s": round(peak / 1e9, 2), "fraction_of_peak": round(achieved / peak, 4),
+        "preset": args.preset,
+        "parameters": n_params,
+        "context": args.max_length,
+        "batch_size": args.batch_size,
+        "steps": result.steps,
+        "threads": torch.get_num_threads(),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "model_flop_per_token": flops_per_token,
+        "achieved_gflop_s": round(achieved / 1e9, 2),
+        "matmul_peak_gflop_s": round(peak / 1e9, 2),
+        "fraction_of_peak": round(achieved / peak, 4),
         "final_loss": round(result.final_loss, 4),
     }
     width = max(map(len, rows))

@@ -47,10 +47,16 @@ def summarize(samples: list[tuple[float, float, int]], seconds: float) -> dict:
     """samples: (ttft_s, last_minus_first_s, tokens) per request."""
     ttft = [s[0] for s in samples]
     tpot = [s[1] / (s[2] - 1) for s in samples if s[2] > 1]
-    return {"requests": len(samples), "seconds": seconds, "req_s": len(samples) / seconds,
-            "tokens_s": sum(s[2] for s in samples) / seconds,
-            "ttft_p50_ms": 1e3 * statistics.median(ttft), "ttft_p95_ms": 1e3 * percentile(ttft, 95),
-            "tpot_p50_ms": 1e3 * statistics.median(tpot), "tpot_p95_ms": 1e3 * percentile(tpot, 95)}
+    return {
+        "requests": len(samples),
+        "seconds": seconds,
+        "req_s": len(samples) / seconds,
+        "tokens_s": sum(s[2] for s in samples) / seconds,
+        "ttft_p50_ms": 1e3 * statistics.median(ttft),
+        "ttft_p95_ms": 1e3 * percentile(ttft, 95),
+        "tpot_p50_ms": 1e3 * statistics.median(tpot),
+        "tpot_p95_ms": 1e3 * percentile(tpot, 95),
+    }
 
 
 # --------------------------------------------------------------------------- in-process
@@ -100,8 +106,14 @@ async def _http_run(url: str, prompts: list[list[int]], clients: int, new_tokens
         async def client() -> None:
             while queue:
                 ids = queue.pop()
-                body = {"prompt": ids, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
-                        "stream_options": {"include_usage": True}}
+                body = {
+                    "prompt": ids,
+                    "max_tokens": new_tokens,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
                 sent = time.perf_counter()
                 first = last = None
                 tokens = 0
@@ -129,9 +141,24 @@ def run_http(url: str, prompts: list[list[int]], clients: int, new_tokens: int) 
 
 def start_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     out = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "codeinstruct", "serve", "--model", str(model_dir), "--port", "0",
-                             "--max-concurrency", str(SLOTS), "--max-queue", str(4 * SLOTS)],
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "codeinstruct",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            "0",
+            "--max-concurrency",
+            str(SLOTS),
+            "--max-queue",
+            str(4 * SLOTS),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     end = time.monotonic() + 120
     while not (m := re.search(r"at (http://[\d.]+:\d+)/v1", log.read_text())):
         if proc.poll() is not None or time.monotonic() > end:
@@ -161,11 +188,14 @@ def main() -> None:
     tokenizer = resolve_tokenizer("builtin:stdlib")
     prompts = stdlib_prompts(tokenizer, args.requests, args.prompt_tokens)
     model = AutoModelForCausalLM.from_config(
-        preset_config(args.preset, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)).eval()
+        preset_config(args.preset, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    ).eval()
     levels = [int(c) for c in args.clients.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset} "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {SLOTS} slots; {args.requests} requests "
-          f"x {args.new_tokens} new tokens after {args.prompt_tokens}-token prompts, greedy, streamed")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset} "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {SLOTS} slots; {args.requests} requests "
+        f"x {args.new_tokens} new tokens after {args.prompt_tokens}-token prompts, greedy, streamed"
+    )
     print("client and server share this machine's cores; on a shared machine absolute figures are noise\n")
     report: dict = {"preset": args.preset, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,18 +212,24 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    header = (f"{'clients':>7} {'mode':10} {'req/s':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} "
-              f"{'TPOT p50':>9} {'TPOT p95':>9}   (ms)")
+    header = (
+        f"{'clients':>7} {'mode':10} {'req/s':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} "
+        f"{'TPOT p50':>9} {'TPOT p95':>9}   (ms)"
+    )
     print(header)
     print("-" * len(header))
     for c in levels:
         for mode, row in (("in-process", in_process[c]), ("http", http[c])):
-            print(f"{c:7d} {mode:10} {row['req_s']:7.1f} {row['tokens_s']:8.0f} {row['ttft_p50_ms']:9.1f} "
-                  f"{row['ttft_p95_ms']:9.1f} {row['tpot_p50_ms']:9.2f} {row['tpot_p95_ms']:9.2f}")
+            print(
+                f"{c:7d} {mode:10} {row['req_s']:7.1f} {row['tokens_s']:8.0f} {row['ttft_p50_ms']:9.1f} "
+                f"{row['ttft_p95_ms']:9.1f} {row['tpot_p50_ms']:9.2f} {row['tpot_p95_ms']:9.2f}"
+            )
         a, b = in_process[c], http[c]
-        print(f"{c:7d} {'http/in':10} {b['req_s'] / a['req_s']:6.2f}x {b['tokens_s'] / a['tokens_s']:7.2f}x "
-              f"{b['ttft_p50_ms'] / a['ttft_p50_ms']:8.2f}x {b['ttft_p95_ms'] / a['ttft_p95_ms']:8.2f}x "
-              f"{b['tpot_p50_ms'] / a['tpot_p50_ms']:8.2f}x {b['tpot_p95_ms'] / a['tpot_p95_ms']:8.2f}x")
+        print(
+            f"{c:7d} {'http/in':10} {b['req_s'] / a['req_s']:6.2f}x {b['tokens_s'] / a['tokens_s']:7.2f}x "
+            f"{b['ttft_p50_ms'] / a['ttft_p50_ms']:8.2f}x {b['ttft_p95_ms'] / a['ttft_p95_ms']:8.2f}x "
+            f"{b['tpot_p50_ms'] / a['tpot_p50_ms']:8.2f}x {b['tpot_p95_ms'] / a['tpot_p95_ms']:8.2f}x"
+        )
         report["rows"][c] = {"in_process": a, "http": b}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

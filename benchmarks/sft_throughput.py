@@ -236,18 +236,29 @@ def warmup_steps(total_steps: int) -> int:
 
 
 def codeinstruct_recipe(tmp: Path, name: str, data_file: Path, tok_dir: Path, args, packing: bool, batch_size: int):
-    return recipe_from_dict({
-        "name": name,
-        "seed": SEED,
-        "run_dir": str(tmp / name),
-        "model": {"source": f"preset:{args.preset}", "tokenizer": str(tok_dir)},
-        "data": {"train": str(data_file), "max_length": args.max_length, "packing": packing, "overlong": "drop"},
-        "train": {
-            "epochs": 1, "batch_size": batch_size, "grad_accum": 1, "lr": args.lr, "weight_decay": 0.0,
-            "warmup_ratio": WARMUP_RATIO, "schedule": "cosine", "max_grad_norm": 1.0, "precision": "fp32",
-            "device": "cpu", "save_every": 0, "log_every": 1,  # every step's loss, as TRL logs below
-        },
-    })
+    return recipe_from_dict(
+        {
+            "name": name,
+            "seed": SEED,
+            "run_dir": str(tmp / name),
+            "model": {"source": f"preset:{args.preset}", "tokenizer": str(tok_dir)},
+            "data": {"train": str(data_file), "max_length": args.max_length, "packing": packing, "overlong": "drop"},
+            "train": {
+                "epochs": 1,
+                "batch_size": batch_size,
+                "grad_accum": 1,
+                "lr": args.lr,
+                "weight_decay": 0.0,
+                "warmup_ratio": WARMUP_RATIO,
+                "schedule": "cosine",
+                "max_grad_norm": 1.0,
+                "precision": "fp32",
+                "device": "cpu",
+                "save_every": 0,
+                "log_every": 1,  # every step's loss, as TRL logs below
+            },
+        }
+    )
 
 
 def codeinstruct_padding_stats(recipe, examples) -> tuple[int, int, int]:
@@ -312,8 +323,7 @@ def run_codeinstruct(label: str, recipe, eval_examples) -> RunResult:
         heldout_loss=heldout_loss(model, eval_examples),
         init_fingerprint=seen["init"],
         others_cpu=watch.others_share,
-        notes={"train_result_seconds_incl_save_and_plot": round(result.seconds, 3),
-               "examples": len(data.examples)},
+        notes={"train_result_seconds_incl_save_and_plot": round(result.seconds, 3), "examples": len(data.examples)},
     )
 
 
@@ -373,8 +383,9 @@ def legacy_collator_masks_eos(tokenizer, examples: list[TokenizedExample]) -> tu
     return len(examples) - kept, len(examples)
 
 
-def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eval_examples, args,
-            data_seed: int = SEED) -> RunResult:
+def run_trl(
+    label: str, tmp: Path, tokenizer, train_records, train_examples, eval_examples, args, data_seed: int = SEED
+) -> RunResult:
     import datasets
     import transformers
     from transformers import PrinterCallback
@@ -388,10 +399,12 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
     trl_tokenizer.pad_token = trl_tokenizer.eos_token
     eos_id = trl_tokenizer.eos_token_id
 
-    dataset = datasets.Dataset.from_list([
-        {"prompt": format_prompt(r.instruction, r.input), "completion": format_target(r.response)}
-        for r in train_records
-    ])
+    dataset = datasets.Dataset.from_list(
+        [
+            {"prompt": format_prompt(r.instruction, r.input), "completion": format_target(r.response)}
+            for r in train_records
+        ]
+    )
     steps = math.ceil(len(train_records) / args.batch_size)
     config = SFTConfig(
         output_dir=str(tmp / f"trl-{data_seed}"),
@@ -457,7 +470,10 @@ def run_trl(label: str, tmp: Path, tokenizer, train_records, train_examples, eva
     logged = [h for h in trainer.state.log_history if "loss" in h]
     losses = [h["loss"] for h in logged]
     assert len(losses) == len(counter.step_targets) == trainer.state.global_step, (
-        len(losses), len(counter.step_targets), trainer.state.global_step)
+        len(losses),
+        len(counter.step_targets),
+        trainer.state.global_step,
+    )
     k = max(1, trainer.state.global_step // 10)
     # Did TRL see the examples in the same batches as codeinstruct's padded run? (Both draw a torch
     # randperm from a generator seeded with 0, so they may well coincide; this says whether they did.)
@@ -505,15 +521,35 @@ def print_table(runs: list[RunResult], baseline: RunResult) -> None:
     from rich.table import Table
 
     table = Table(title="SFT throughput (one epoch, same records, same init)")
-    for col in ("run", "rows/step", "steps", "target tokens", "target tok/step", "pad fraction", "seconds",
-                "target tok/s", "speed-up vs TRL", "train loss (last steps)", "held-out loss", "loss vs TRL"):
+    for col in (
+        "run",
+        "rows/step",
+        "steps",
+        "target tokens",
+        "target tok/step",
+        "pad fraction",
+        "seconds",
+        "target tok/s",
+        "speed-up vs TRL",
+        "train loss (last steps)",
+        "held-out loss",
+        "loss vs TRL",
+    ):
         table.add_column(col, justify="left" if col == "run" else "right")
     for r in runs:
         table.add_row(
-            r.name, str(r.batch_size), str(r.steps), f"{r.target_tokens:,}", f"{r.target_tokens / r.steps:,.0f}",
-            f"{r.pad_fraction:.1%}", f"{r.seconds:.1f}", f"{r.tokens_per_s:,.0f}",
-            f"{r.tokens_per_s / baseline.tokens_per_s:.2f}x", f"{r.train_loss_last:.4f} ({r.last_steps})",
-            f"{r.heldout_loss:.4f}", f"{(r.heldout_loss / baseline.heldout_loss - 1):+.2%}",
+            r.name,
+            str(r.batch_size),
+            str(r.steps),
+            f"{r.target_tokens:,}",
+            f"{r.target_tokens / r.steps:,.0f}",
+            f"{r.pad_fraction:.1%}",
+            f"{r.seconds:.1f}",
+            f"{r.tokens_per_s:,.0f}",
+            f"{r.tokens_per_s / baseline.tokens_per_s:.2f}x",
+            f"{r.train_loss_last:.4f} ({r.last_steps})",
+            f"{r.heldout_loss:.4f}",
+            f"{(r.heldout_loss / baseline.heldout_loss - 1):+.2%}",
         )
     Console(width=200).print(table)
 
@@ -525,15 +561,22 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=["tiny", "small"], help="codeinstruct model preset")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step of the padded runs")
-    parser.add_argument("--packed-batch-size", type=int, default=None,
-                        help="rows per step of the packed run (default: matched to the padded runs' step count)")
+    parser.add_argument(
+        "--packed-batch-size",
+        type=int,
+        default=None,
+        help="rows per step of the packed run (default: matched to the padded runs' step count)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--noise-floor", action="store_true",
-                        help="train TRL once more with another data order (same init) to show how much the "
-                             "held-out loss moves with the order alone")
+    parser.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="train TRL once more with another data order (same init) to show how much the "
+        "held-out loss moves with the order alone",
+    )
     args = parser.parse_args()
 
     import transformers
@@ -562,25 +605,42 @@ def main() -> None:
 
         packed_bs, n_rows = packed_batch_size(train_examples, args.max_length, args.batch_size)
         packed_bs = args.packed_batch_size or packed_bs
-        print(f"data: {source}; {len(train_records)} train + {len(eval_records)} held-out records "
-              f"(skipped on the way: {skipped['too_long']} longer than max_length={args.max_length}, "
-              f"{skipped['special_token_text']} containing special-token text); tokenizer vocab {len(tokenizer)}")
-        print(f"model preset:{args.preset}; torch threads {torch.get_num_threads()}; lr {args.lr}; "
-              f"padded batch {args.batch_size} examples; packed batch {packed_bs} rows of <= {args.max_length} "
-              f"tokens ({n_rows} rows in all)")
+        print(
+            f"data: {source}; {len(train_records)} train + {len(eval_records)} held-out records "
+            f"(skipped on the way: {skipped['too_long']} longer than max_length={args.max_length}, "
+            f"{skipped['special_token_text']} containing special-token text); tokenizer vocab {len(tokenizer)}"
+        )
+        print(
+            f"model preset:{args.preset}; torch threads {torch.get_num_threads()}; lr {args.lr}; "
+            f"padded batch {args.batch_size} examples; packed batch {packed_bs} rows of <= {args.max_length} "
+            f"tokens ({n_rows} rows in all)"
+        )
 
         warm_up(args.preset, tokenizer, args.max_length)
         runs = []
-        for label, packing, bs in (("codeinstruct packing", True, packed_bs), ("codeinstruct padding", False, args.batch_size)):
+        for label, packing, bs in (
+            ("codeinstruct packing", True, packed_bs),
+            ("codeinstruct padding", False, args.batch_size),
+        ):
             recipe = codeinstruct_recipe(tmp, label.replace(" ", "-"), data_file, tok_dir, args, packing, bs)
             runs.append(run_codeinstruct(label, recipe, eval_examples))
             print(f"  done: {label} ({runs[-1].seconds:.1f}s)", flush=True)
-        runs.append(run_trl("TRL SFTTrainer padding", tmp, tokenizer, train_records, train_examples, eval_examples, args))
+        runs.append(
+            run_trl("TRL SFTTrainer padding", tmp, tokenizer, train_records, train_examples, eval_examples, args)
+        )
         print(f"  done: {runs[-1].name} ({runs[-1].seconds:.1f}s)", flush=True)
         reshuffled = None
         if args.noise_floor:
-            reshuffled = run_trl("TRL, other data order", tmp, tokenizer, train_records, train_examples,
-                                 eval_examples, args, data_seed=SEED + 1)
+            reshuffled = run_trl(
+                "TRL, other data order",
+                tmp,
+                tokenizer,
+                train_records,
+                train_examples,
+                eval_examples,
+                args,
+                data_seed=SEED + 1,
+            )
             print(f"  done: {reshuffled.name} ({reshuffled.seconds:.1f}s)", flush=True)
 
     trl = runs[-1]
@@ -590,40 +650,59 @@ def main() -> None:
     trl_prepared = trl.notes["target_tokens_in_prepared_dataset"]
     counts_equal = len({ours_targets, trl_prepared, *(r.target_tokens for r in runs)}) == 1
     same_init = len({r.init_fingerprint for r in runs}) == 1
-    print(f"target tokens: codeinstruct's examples {ours_targets:,}; TRL's prepared dataset {trl_prepared:,}; trained: "
-          + ", ".join(f"{r.name} {r.target_tokens:,}" for r in runs) + (" -> equal" if counts_equal else " -> DIFFERENT"))
+    print(
+        f"target tokens: codeinstruct's examples {ours_targets:,}; TRL's prepared dataset {trl_prepared:,}; trained: "
+        + ", ".join(f"{r.name} {r.target_tokens:,}" for r in runs)
+        + (" -> equal" if counts_equal else " -> DIFFERENT")
+    )
     print(f"initial weights identical across runs: {same_init}")
-    print(f"TRL seconds are trainer.train(); its step loop alone (as codeinstruct is timed) took "
-          f"{trl.notes['train_loop_seconds_without_setup']:.1f}s; codeinstruct's TrainResult.seconds, which also "
-          f"counts saving the model and plotting: "
-          + ", ".join(f"{r.name} {r.notes['train_result_seconds_incl_save_and_plot']:.1f}s" for r in runs[:2]))
+    print(
+        f"TRL seconds are trainer.train(); its step loop alone (as codeinstruct is timed) took "
+        f"{trl.notes['train_loop_seconds_without_setup']:.1f}s; codeinstruct's TrainResult.seconds, which also "
+        f"counts saving the model and plotting: "
+        + ", ".join(f"{r.name} {r.notes['train_result_seconds_incl_save_and_plot']:.1f}s" for r in runs[:2])
+    )
     timings_reliable = not any(r.others_cpu > MAX_OTHERS_CPU for r in runs)
-    print(f"CPU used by other processes while each run trained (share of all {os.cpu_count()} cores): "
-          + ", ".join(f"{r.name} {r.others_cpu:.1%}" for r in runs))
+    print(
+        f"CPU used by other processes while each run trained (share of all {os.cpu_count()} cores): "
+        + ", ".join(f"{r.name} {r.others_cpu:.1%}" for r in runs)
+    )
     if not timings_reliable:
-        print("WARNING: other processes used the CPU during at least one run, so its timing is not reliable; "
-              "run again on an idle machine.")
-    print(f"TRL: pad_token={trl.notes['pad_token']!r} (id {trl.notes['pad_token_id']}) = EOS (id {trl.notes['eos_token_id']}); "
-          f"tokenization mismatches vs codeinstruct: {trl.notes['tokenization_mismatches_vs_codeinstruct']}; "
-          f"EOS per example: {trl.notes['examples_with_eos_count']}; examples ending in a labelled EOS: "
-          f"{trl.notes['examples_ending_in_labelled_eos']}/{len(train_examples)}; in the trained batches: "
-          f"{trl.notes['rows_whose_last_real_label_is_eos_in_batches']}")
-    print(f"     same batches, in the same order, as codeinstruct padding: {trl.notes['same_batches_as_codeinstruct_padding']}")
-    print(f"     transformers' DataCollatorForLanguageModeling with the same tokenizer would mask "
-          f"{trl.notes['legacy_DataCollatorForLanguageModeling_masks_eos']} EOS labels (pad == EOS pitfall)")
+        print(
+            "WARNING: other processes used the CPU during at least one run, so its timing is not reliable; "
+            "run again on an idle machine."
+        )
+    print(
+        f"TRL: pad_token={trl.notes['pad_token']!r} (id {trl.notes['pad_token_id']}) = EOS (id {trl.notes['eos_token_id']}); "
+        f"tokenization mismatches vs codeinstruct: {trl.notes['tokenization_mismatches_vs_codeinstruct']}; "
+        f"EOS per example: {trl.notes['examples_with_eos_count']}; examples ending in a labelled EOS: "
+        f"{trl.notes['examples_ending_in_labelled_eos']}/{len(train_examples)}; in the trained batches: "
+        f"{trl.notes['rows_whose_last_real_label_is_eos_in_batches']}"
+    )
+    print(
+        f"     same batches, in the same order, as codeinstruct padding: {trl.notes['same_batches_as_codeinstruct_padding']}"
+    )
+    print(
+        f"     transformers' DataCollatorForLanguageModeling with the same tokenizer would mask "
+        f"{trl.notes['legacy_DataCollatorForLanguageModeling_masks_eos']} EOS labels (pad == EOS pitfall)"
+    )
 
     packed = runs[0]
     speedup = packed.tokens_per_s / trl.tokens_per_s
     loss_gap = abs(packed.heldout_loss / trl.heldout_loss - 1)
     verdict = "holds" if speedup >= 1.5 and loss_gap <= 0.01 else "does NOT hold"
-    print(f"claim (packing >= 1.5x TRL target tok/s, held-out loss within 1%): {verdict} here "
-          f"({speedup:.2f}x, {loss_gap:.2%})")
+    print(
+        f"claim (packing >= 1.5x TRL target tok/s, held-out loss within 1%): {verdict} here "
+        f"({speedup:.2f}x, {loss_gap:.2%})"
+    )
     if reshuffled is not None:
         order_noise = abs(reshuffled.heldout_loss / trl.heldout_loss - 1)
-        print(f"noise floor: TRL with only the data order changed (data_seed {SEED + 1}) reaches held-out loss "
-              f"{reshuffled.heldout_loss:.4f} ({reshuffled.heldout_loss / trl.heldout_loss - 1:+.2%} vs TRL), so the "
-              f"packing run's {loss_gap:.2%} gap is {'within' if loss_gap <= order_noise else 'beyond'} what the "
-              "data order alone moves")
+        print(
+            f"noise floor: TRL with only the data order changed (data_seed {SEED + 1}) reaches held-out loss "
+            f"{reshuffled.heldout_loss:.4f} ({reshuffled.heldout_loss / trl.heldout_loss - 1:+.2%} vs TRL), so the "
+            f"packing run's {loss_gap:.2%} gap is {'within' if loss_gap <= order_noise else 'beyond'} what the "
+            "data order alone moves"
+        )
     elif loss_gap > 0.01:
         print("  (--noise-floor shows how much the held-out loss moves with the data order alone)")
     total = time.perf_counter() - t_total
@@ -636,16 +715,24 @@ def main() -> None:
             "records_skipped": skipped,
             "packed_batch_size": packed_bs,
             "torch_threads": torch.get_num_threads(),
-            "runs": [asdict(r) | {"pad_fraction": r.pad_fraction, "target_tokens_per_s": r.tokens_per_s,
-                                  "speedup_vs_trl": r.tokens_per_s / trl.tokens_per_s,
-                                  "heldout_loss_vs_trl": r.heldout_loss / trl.heldout_loss - 1} for r in runs],
+            "runs": [
+                asdict(r)
+                | {
+                    "pad_fraction": r.pad_fraction,
+                    "target_tokens_per_s": r.tokens_per_s,
+                    "speedup_vs_trl": r.tokens_per_s / trl.tokens_per_s,
+                    "heldout_loss_vs_trl": r.heldout_loss / trl.heldout_loss - 1,
+                }
+                for r in runs
+            ],
             "same_initial_weights": same_init,
             "target_token_counts_equal": counts_equal,
             "claim_holds": verdict == "holds",
             "total_seconds": total,
             "timings_reliable": timings_reliable,
-            "noise_floor_run": None if reshuffled is None else asdict(reshuffled)
-            | {"heldout_loss_vs_trl": reshuffled.heldout_loss / trl.heldout_loss - 1},
+            "noise_floor_run": None
+            if reshuffled is None
+            else asdict(reshuffled) | {"heldout_loss_vs_trl": reshuffled.heldout_loss / trl.heldout_loss - 1},
         }
         args.json.write_text(json.dumps(payload, indent=2))
 

@@ -15,7 +15,9 @@ INSTRUCTIONS = FIXTURES / "instructions.json"
 # 8 records in Alpaca's schema (`output` instead of `response`)
 ALPACA = FIXTURES / "alpaca.json"
 # The real GPTeacher Code-Instruct file: only in a checkout beside ../shared, never needed by default.
-GPTEACHER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpteacher-codegen" / "codegen-instruct.json"
+GPTEACHER = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpteacher-codegen" / "codegen-instruct.json"
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +30,10 @@ def instruction_records() -> list[dict]:
 def real_gpteacher() -> Path:
     """Path of the real GPTeacher file in ../shared/data; skips where this checkout has no ../shared."""
     if not GPTEACHER.exists():
-        pytest.skip(f"the real GPTeacher Code-Instruct file is not at {GPTEACHER} "
-                    "(it lives in ../shared/data beside the repository; only checks of its own figures need it)")
+        pytest.skip(
+            f"the real GPTeacher Code-Instruct file is not at {GPTEACHER} "
+            "(it lives in ../shared/data beside the repository; only checks of its own figures need it)"
+        )
     return GPTEACHER
 
 

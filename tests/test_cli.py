@@ -16,7 +16,14 @@ def _recipe(tmp_path, data_file, tokenizer_dir, **extra):
         "run_dir": str(tmp_path / "run"),
         "model": {"source": "preset:tiny", "tokenizer": str(tokenizer_dir)},
         "data": {"train": str(data_file), "max_length": 256, "packing": True},
-        "train": {"epochs": 100, "batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.05, "precision": "fp32", "log_every": 10},
+        "train": {
+            "epochs": 100,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_ratio": 0.05,
+            "precision": "fp32",
+            "log_every": 10,
+        },
     }
     for key, value in extra.items():
         recipe[key].update(value)
@@ -58,11 +65,20 @@ def _assert_clean_error(code, out, err, *needles):
         assert needle in err.replace("\n", "")
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ('[{"instruction": "a", "response": "b"}, {"instruction": "c", "input": "", "response": ""}]', "record 2: field 'response' is empty"),
-    ('{"instruction": "a", "response": "b"}\n{"instruction": 1, "response": "b"}\n', "line 2: field 'instruction' must be a string"),
-    ('[{"instruction": "a", "response": "b"', "line 1: invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        (
+            '[{"instruction": "a", "response": "b"}, {"instruction": "c", "input": "", "response": ""}]',
+            "record 2: field 'response' is empty",
+        ),
+        (
+            '{"instruction": "a", "response": "b"}\n{"instruction": 1, "response": "b"}\n',
+            "line 2: field 'instruction' must be a string",
+        ),
+        ('[{"instruction": "a", "response": "b"', "line 1: invalid JSON"),
+    ],
+)
 def test_bad_data_stops_before_a_run_folder_exists(tmp_path, cli, tokenizer_dir, bad, needle):
     data = tmp_path / "bad.json"
     data.write_text(bad)
@@ -75,9 +91,15 @@ def test_bad_recipe_and_missing_files(tmp_path, cli, tokenizer_dir, eight_record
     data = write_json(tmp_path / "d.json", eight_records)
     recipe = _recipe(tmp_path, data, tokenizer_dir)
     _assert_clean_error(*cli("finetune", recipe, "train.lr=-1"), "train.lr: Input should be greater than 0")
-    _assert_clean_error(*cli("finetune", recipe, "model.tokenizer=" + str(tmp_path / "nope")), "tokenizer directory not found")
-    _assert_clean_error(*cli("finetune", recipe, "model.source=" + str(tmp_path / "nomodel")), "model directory not found")
-    _assert_clean_error(*cli("finetune", recipe, "data.train=" + str(tmp_path / "missing.json")), "missing.json: no such file")
+    _assert_clean_error(
+        *cli("finetune", recipe, "model.tokenizer=" + str(tmp_path / "nope")), "tokenizer directory not found"
+    )
+    _assert_clean_error(
+        *cli("finetune", recipe, "model.source=" + str(tmp_path / "nomodel")), "model directory not found"
+    )
+    _assert_clean_error(
+        *cli("finetune", recipe, "data.train=" + str(tmp_path / "missing.json")), "missing.json: no such file"
+    )
     _assert_clean_error(*cli("generate", "--model", tmp_path, "hi"), "not a model directory")
     assert not (tmp_path / "run").exists()
 
@@ -85,7 +107,9 @@ def test_bad_recipe_and_missing_files(tmp_path, cli, tokenizer_dir, eight_record
 def test_real_process_exit_code_and_one_line_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"instruction": "a", "response": "b"}\n{"instruction": "\xc3\x28", "response": "b"}\n')
-    proc = subprocess.run([sys.executable, "-m", "codeinstruct", "data", "stats", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "codeinstruct", "data", "stats", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {bad}: line 2: not valid UTF-8 (byte 17 of the line)"
 

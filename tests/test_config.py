@@ -8,24 +8,34 @@ def test_bundled_recipes_validate():
     names = sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
     assert names == ["starcoder-gpteacher", "tiny-cpu", "tiny-pretrain-cpu"]
     card = load_recipe(recipe_path("starcoder-gpteacher"))
-    assert (card.model.source, card.data.max_length, card.train.epochs, card.train.lr) == ("bigcode/starcoder", 1024, 3, 2e-5)
+    assert (card.model.source, card.data.max_length, card.train.epochs, card.train.lr) == (
+        "bigcode/starcoder",
+        1024,
+        3,
+        2e-5,
+    )
     assert (card.train.precision, card.distributed.strategy, card.distributed.gpus) == ("bf16", "fsdp", 8)
     assert load_recipe(recipe_path("tiny-cpu")).model.source.startswith("preset:")
 
 
 def test_dotted_overrides_are_typed(tmp_path):
-    r = load_recipe(recipe_path("tiny-cpu"), ["train.lr=1e-4", "data.packing=false", "train.max_grad_norm=null", "name=x"])
+    r = load_recipe(
+        recipe_path("tiny-cpu"), ["train.lr=1e-4", "data.packing=false", "train.max_grad_norm=null", "name=x"]
+    )
     assert r.train.lr == 1e-4 and r.data.packing is False and r.train.max_grad_norm is None and r.name == "x"
     assert "lr: 0.0001" in r.to_yaml()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.lrr=1", "train.lrr: unknown key"),
-    ("train.lr=fast", "train.lr: Input should be a valid number"),
-    ("train.epochs=0", "train.epochs: Input should be greater than or equal to 1"),
-    ("data.overlong=cut", "data.overlong: Input should be 'drop' or 'truncate'"),
-    ("trainlr", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lrr=1", "train.lrr: unknown key"),
+        ("train.lr=fast", "train.lr: Input should be a valid number"),
+        ("train.epochs=0", "train.epochs: Input should be greater than or equal to 1"),
+        ("data.overlong=cut", "data.overlong: Input should be 'drop' or 'truncate'"),
+        ("trainlr", "expected key=value"),
+    ],
+)
 def test_bad_overrides_say_which_key(override, message):
     with pytest.raises(CodeinstructError, match=message):
         load_recipe(recipe_path("tiny-cpu"), [override])

@@ -130,16 +130,23 @@ def _starcoder_layout_copy(tokenizer_dir: Path, out: Path) -> Path:
     out.mkdir()
     (out / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
     config = {
-        "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "clean_up_tokenization_spaces": True,
-        "bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[0], "unk_token": SPECIAL_TOKENS[0],
-        "additional_special_tokens": SPECIAL_TOKENS, "model_max_length": 10**30, "vocab_size": 800,
+        "tokenizer_class": "GPT2Tokenizer",
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": True,
+        "bos_token": SPECIAL_TOKENS[0],
+        "eos_token": SPECIAL_TOKENS[0],
+        "unk_token": SPECIAL_TOKENS[0],
+        "additional_special_tokens": SPECIAL_TOKENS,
+        "model_max_length": 10**30,
+        "vocab_size": 800,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config))
     return out
 
 
-CODE = st.lists(st.sampled_from(list(" \t\n0123456789½²³xy=_([,]).:'\"#<>ü你🙂") + ["<fim_middle>", "    ", "\r\n"]),
-                max_size=60).map("".join) | st.text(max_size=60)
+CODE = st.lists(
+    st.sampled_from(list(" \t\n0123456789½²³xy=_([,]).:'\"#<>ü你🙂") + ["<fim_middle>", "    ", "\r\n"]), max_size=60
+).map("".join) | st.text(max_size=60)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +176,10 @@ def test_a_directory_in_starcoders_layout_encodes_as_its_tokenizer_json(gpt2_lay
     for how, tok in loaded.items():
         assert encode_text(tok, text) == expected, how
         assert tok.decode(expected) == text, how  # no clean-up of spaces before punctuation
-    assert loaded["AutoTokenizer+restore_pipeline"](text, add_special_tokens=False, split_special_tokens=True)["input_ids"] == expected
+    assert (
+        loaded["AutoTokenizer+restore_pipeline"](text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        == expected
+    )
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,10 @@ def test_special_tokens_are_single_ids_and_digits_split(tokenizer):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
-       | st.text(alphabet=" \t\n\r\x0bab{}();:=_0123456789ü中🙂", max_size=200))
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
+    | st.text(alphabet=" \t\n\r\x0bab{}();:=_0123456789ü中🙂", max_size=200)
+)
 def test_decode_of_encode_gives_the_text_back(tokenizer, text):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text

@@ -44,7 +44,13 @@ def _parameters(final: Path) -> int | None:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 90
+        else f"{seconds / 60:.1f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 def _evaluation_lines(paths: list[Path]) -> list[str]:
@@ -53,8 +59,10 @@ def _evaluation_lines(paths: list[Path]) -> list[str]:
         report = _read_json(path)
         if "pass_at_k" in report:
             scores = ", ".join(f"{k} {v * 100:.2f}" for k, v in sorted(report["pass_at_k"].items()))
-            lines.append(f"| {report.get('benchmark', 'code benchmark')} ({report.get('samples', '?')} samples of "
-                         f"{report.get('problems', '?')} problems; sandbox: {report.get('isolation', '?')}) | {scores} |")
+            lines.append(
+                f"| {report.get('benchmark', 'code benchmark')} ({report.get('samples', '?')} samples of "
+                f"{report.get('problems', '?')} problems; sandbox: {report.get('isolation', '?')}) | {scores} |"
+            )
         elif "rows" in report:
             for row in report["rows"]:
                 shots = f"{row['num_fewshot']}-shot " if row.get("num_fewshot") is not None else ""
@@ -93,51 +101,89 @@ def model_card(run_dir: str | Path, evaluations: list[str | Path] = (), kind: st
     lora = model.get("method") == "lora"
     out = [KIND_MARK.format("pretrain" if pretraining else "finetune"), f"# {recipe['name']}", ""]
     what = "pretrained from scratch" if pretraining else f"fine-tuned from `{model['source']}`"
-    out += [f"A {config.get('model_type', 'causal')} language model {what} with codeinstruct"
-            + (" (LoRA adapters, merged)." if lora else "."), ""]
+    out += [
+        f"A {config.get('model_type', 'causal')} language model {what} with codeinstruct"
+        + (" (LoRA adapters, merged)." if lora else "."),
+        "",
+    ]
     out += ["## Model", ""]
-    shape = [("architecture", ", ".join(config.get("architectures", [])) or config.get("model_type")),
-             ("parameters", f"{params:,}" if params else None),
-             ("layers", config.get("n_layer")), ("hidden size", config.get("n_embd")), ("attention heads", config.get("n_head")),
-             ("multi-query attention", config.get("multi_query")), ("context (positions)", config.get("n_positions")),
-             ("vocabulary", config.get("vocab_size"))]
+    shape = [
+        ("architecture", ", ".join(config.get("architectures", [])) or config.get("model_type")),
+        ("parameters", f"{params:,}" if params else None),
+        ("layers", config.get("n_layer")),
+        ("hidden size", config.get("n_embd")),
+        ("attention heads", config.get("n_head")),
+        ("multi-query attention", config.get("multi_query")),
+        ("context (positions)", config.get("n_positions")),
+        ("vocabulary", config.get("vocab_size")),
+    ]
     out += [f"- {k}: {v}" for k, v in shape if v is not None] + [""]
     out += ["## Training", ""]
     sources = data["train"] if isinstance(data["train"], list) else [data["train"]]
-    out.append(f"- data: {', '.join(f'`{s}`' for s in dict.fromkeys(sources))}"
-               + (f" ({len(sources)} entries)" if len(sources) > len(set(sources)) else ""))
-    out.append(f"- sequence length {data['max_length']}, packing {'on (examples isolated by a block-diagonal mask)' if data.get('packing') else 'off'}")
+    out.append(
+        f"- data: {', '.join(f'`{s}`' for s in dict.fromkeys(sources))}"
+        + (f" ({len(sources)} entries)" if len(sources) > len(set(sources)) else "")
+    )
+    out.append(
+        f"- sequence length {data['max_length']}, packing {'on (examples isolated by a block-diagonal mask)' if data.get('packing') else 'off'}"
+    )
     if pretraining:
         out.append(f"- Fill-in-the-Middle rate {data.get('fim_rate')}, SPM rate {data.get('fim_spm_rate')}")
-    out.append(f"- {train['epochs']} epochs, learning rate {train['lr']} ({train['schedule']}, warmup {train['warmup_ratio']}), "
-               f"AdamW betas {tuple(train['betas'])}, weight decay {train['weight_decay']}, "
-               f"{train['batch_size']} x {train['grad_accum']} rows per step, precision {train['precision']}, seed {recipe['seed']}")
+    out.append(
+        f"- {train['epochs']} epochs, learning rate {train['lr']} ({train['schedule']}, warmup {train['warmup_ratio']}), "
+        f"AdamW betas {tuple(train['betas'])}, weight decay {train['weight_decay']}, "
+        f"{train['batch_size']} x {train['grad_accum']} rows per step, precision {train['precision']}, seed {recipe['seed']}"
+    )
     if lora:
         lc = model.get("lora", {})
-        out.append(f"- LoRA rank {lc.get('r')}, alpha {lc.get('alpha')}, dropout {lc.get('dropout')}; the adapter alone is in `adapter/`")
+        out.append(
+            f"- LoRA rank {lc.get('r')}, alpha {lc.get('alpha')}, dropout {lc.get('dropout')}; the adapter alone is in `adapter/`"
+        )
     if not pretraining:
         out.append("- loss on the response and EOS only (the prompt is masked)")
     if metrics:
         last = metrics[-1]
-        out.append(f"- {last['step']} optimizer steps, {last['target_tokens']:,} target tokens, final loss {last['loss']:.4f}"
-                   + (f", {_duration(last['elapsed_s'])}" if "elapsed_s" in last else ""))
+        out.append(
+            f"- {last['step']} optimizer steps, {last['target_tokens']:,} target tokens, final loss {last['loss']:.4f}"
+            + (f", {_duration(last['elapsed_s'])}" if "elapsed_s" in last else "")
+        )
     if (run / "loss.png").is_file():
         out += ["", "![loss](loss.png)"]
     out.append("")
     if not pretraining:
-        out += ["## Prompt", "", "Alpaca's template, exactly as in training (the response follows a newline and ends with EOS):", "",
-                "```", PROMPT_NO_INPUT.format(instruction="{instruction}"), "```", "", "with context:", "",
-                "```", PROMPT_WITH_INPUT.format(instruction="{instruction}", input="{input}"), "```", ""]
+        out += [
+            "## Prompt",
+            "",
+            "Alpaca's template, exactly as in training (the response follows a newline and ends with EOS):",
+            "",
+            "```",
+            PROMPT_NO_INPUT.format(instruction="{instruction}"),
+            "```",
+            "",
+            "with context:",
+            "",
+            "```",
+            PROMPT_WITH_INPUT.format(instruction="{instruction}", input="{input}"),
+            "```",
+            "",
+        ]
     rows = _evaluation_lines([Path(p) for p in evaluations])
     out += ["## Evaluation", ""]
     if rows:
         out += ["| benchmark | score |", "| --- | --- |", *rows]
     else:
-        out.append("Not evaluated yet: `codeinstruct eval humaneval`, `eval score`, `eval leaderboard`, then "
-                   "`codeinstruct card RUN_DIR --eval RESULTS.json`.")
-    out += ["", "## Use and limits", "",
-            "Generated code can reproduce training code; `codeinstruct attribute check` reports where a piece of "
-            "code came from (repository, path, license, lines). Run model-written code only in a sandbox.", ""]
+        out.append(
+            "Not evaluated yet: `codeinstruct eval humaneval`, `eval score`, `eval leaderboard`, then "
+            "`codeinstruct card RUN_DIR --eval RESULTS.json`."
+        )
+    out += [
+        "",
+        "## Use and limits",
+        "",
+        "Generated code can reproduce training code; `codeinstruct attribute check` reports where a piece of "
+        "code came from (repository, path, license, lines). Run model-written code only in a sandbox.",
+        "",
+    ]
     return "\n".join(out)
 
 

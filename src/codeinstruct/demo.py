@@ -46,7 +46,9 @@ def pretrain_recipe(run_dir: Path) -> Recipe:
 
 def finetune_recipe(run_dir: Path, base: Path) -> Recipe:
     """The embedded SFT recipe on the pretrained base and its tokenizer."""
-    return load_recipe(recipe_path("tiny-cpu"), [f"run_dir={run_dir / 'finetune'}", f"model.source={base}", "model.tokenizer=null"])
+    return load_recipe(
+        recipe_path("tiny-cpu"), [f"run_dir={run_dir / 'finetune'}", f"model.source={base}", "model.tokenizer=null"]
+    )
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,9 @@ def fill_gap(base: Path, code: str) -> FilledGap | None:
     if len(lines) < 3:
         return None
     prefix, suffix = lines[0], lines[-1]
-    middle = complete_middle(Engine.from_pretrained(base, max_batch_size=1), prefix, suffix,
-                             params=SamplingParams(max_new_tokens=GAP_TOKENS))
+    middle = complete_middle(
+        Engine.from_pretrained(base, max_batch_size=1), prefix, suffix, params=SamplingParams(max_new_tokens=GAP_TOKENS)
+    )
     middle = "\n".join(line.rstrip() for line in middle.splitlines() if line.strip()) + "\n"  # a tiny model rambles
     return FilledGap(prefix, middle, suffix)
 
@@ -94,5 +97,7 @@ def attribute_answers(run_dir: Path, answers: list[str]):
 def humaneval_in_sandbox(run_dir: Path, base: Path):
     """The base model completes the first HumanEval problems; their tests run in the sandbox."""
     samples = run_dir / "humaneval-samples.jsonl"
-    generate_samples(GenerationConfig(model=str(base), mode="base", limit=HUMANEVAL_PROBLEMS, max_new_tokens=96), samples)
+    generate_samples(
+        GenerationConfig(model=str(base), mode="base", limit=HUMANEVAL_PROBLEMS, max_new_tokens=96), samples
+    )
     return score_samples(samples, allow_code_execution=True)

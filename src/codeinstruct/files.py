@@ -74,7 +74,9 @@ def read_bytes(path: str | Path) -> bytes:
         raise CodeinstructError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def iter_jsonl(path: str | Path, lines: Iterable[bytes | str] | None = None, objects_only: bool = True) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(
+    path: str | Path, lines: Iterable[bytes | str] | None = None, objects_only: bool = True
+) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of a JSONL file, read lazily.
 
     `lines` reads from an already open source instead of `path` (which then only names it in
@@ -98,7 +100,9 @@ def iter_jsonl(path: str | Path, lines: Iterable[bytes | str] | None = None, obj
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise CodeinstructError(f"{path}: line {line_no}: not valid UTF-8 (byte {e.start} of the line)") from None
+                raise CodeinstructError(
+                    f"{path}: line {line_no}: not valid UTF-8 (byte {e.start} of the line)"
+                ) from None
         else:
             line = raw
         if line_no == 1:

@@ -69,15 +69,22 @@ def load_model(source: str, *, tokenizer=None, dropout: float | None = None, att
 
     if source.startswith(PRESET_PREFIX):
         if tokenizer is None:
-            raise CodeinstructError(f"model '{source}' is built from scratch and needs a tokenizer directory in the recipe")
+            raise CodeinstructError(
+                f"model '{source}' is built from scratch and needs a tokenizer directory in the recipe"
+            )
         config = preset_config(
-            source[len(PRESET_PREFIX) :], vocab_size=len(tokenizer), dropout=dropout, eos_token_id=tokenizer.eos_token_id
+            source[len(PRESET_PREFIX) :],
+            vocab_size=len(tokenizer),
+            dropout=dropout,
+            eos_token_id=tokenizer.eos_token_id,
         )
         config._attn_implementation = attn_implementation
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     path = Path(source)
     if not path.is_dir() and not _in_local_cache(source):
-        raise CodeinstructError(f"{source}: model directory not found (and not in the local Hugging Face cache; nothing is downloaded)")
+        raise CodeinstructError(
+            f"{source}: model directory not found (and not in the local Hugging Face cache; nothing is downloaded)"
+        )
     overrides = {}
     if dropout is not None:
         overrides = dict(attn_pdrop=dropout, embd_pdrop=dropout, resid_pdrop=dropout)

@@ -84,9 +84,9 @@ class FimTokens:
         return (self.prefix, self.middle, self.suffix, self.pad)
 
 
-
-
-def fim_prompt_ids(tokenizer, prefix: str, suffix: str, spm: bool = False, tokens: FimTokens | None = None) -> list[int]:
+def fim_prompt_ids(
+    tokenizer, prefix: str, suffix: str, spm: bool = False, tokens: FimTokens | None = None
+) -> list[int]:
     """The tokens before the middle: what training put there, and what inference feeds the model."""
     t = tokens or FimTokens.from_tokenizer(tokenizer)
     if spm:

@@ -75,10 +75,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < len(SPECIAL_TOKENS) + 256:
-        raise CodeinstructError(f"vocab size {vocab_size} is too small: byte-level BPE needs at least {len(SPECIAL_TOKENS) + 256}")
+        raise CodeinstructError(
+            f"vocab size {vocab_size} is too small: byte-level BPE needs at least {len(SPECIAL_TOKENS) + 256}"
+        )
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
     )
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -237,7 +242,9 @@ def restore_pipeline(tokenizer, file: Path) -> list[str]:
         setattr(backend, part, getattr(original, part))
     still = _pipeline_differences(backend, reference)
     if still:
-        raise CodeinstructError(f"{file}: cannot load its {', '.join(still)} as written; ids would differ from the model's")
+        raise CodeinstructError(
+            f"{file}: cannot load its {', '.join(still)} as written; ids would differ from the model's"
+        )
     return changed
 
 

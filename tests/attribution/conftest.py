@@ -153,7 +153,7 @@ SCHEDULER = textwrap.dedent('''\
             return fired
 ''')
 
-C_SOURCE = textwrap.dedent('''\
+C_SOURCE = textwrap.dedent("""\
     #include <stddef.h>
 
     /* Binary search over a sorted array of ints; returns the index or -1. */
@@ -171,7 +171,7 @@ C_SOURCE = textwrap.dedent('''\
         }
         return -1;
     }
-''')
+""")
 
 MIT_TEXT = """MIT License
 
@@ -197,8 +197,12 @@ def write_corpus(root: Path) -> list[str]:
     (textkit / "textkit.py").write_text(TEXTKIT)
     (textkit / "search.c").write_text(C_SOURCE)
     records = root / "records.jsonl"
-    records.write_text(json.dumps({"content": SCHEDULER, "repo": "octo/timers", "path": "timers/scheduler.py",
-                                   "license": "GPL-3.0-only"}) + "\n")
+    records.write_text(
+        json.dumps(
+            {"content": SCHEDULER, "repo": "octo/timers", "path": "timers/scheduler.py", "license": "GPL-3.0-only"}
+        )
+        + "\n"
+    )
     return [str(geometry), str(textkit), str(records)]
 
 

@@ -36,9 +36,16 @@ def test_check_json_and_stdin(cli, index_dir, monkeypatch):
     data = json.loads(out)
     assert data["licenses"] == {"GPL-3.0-only": 1}
     [match] = data["matches"]
-    assert match == {"repo": "octo/timers", "path": "timers/scheduler.py", "license": "GPL-3.0-only",
-                     "source_lines": [13, 30], "query_lines": [6, 23], "tokens": match["tokens"], "kind": "verbatim",
-                     "copies": 1}
+    assert match == {
+        "repo": "octo/timers",
+        "path": "timers/scheduler.py",
+        "license": "GPL-3.0-only",
+        "source_lines": [13, 30],
+        "query_lines": [6, 23],
+        "tokens": match["tokens"],
+        "kind": "verbatim",
+        "copies": 1,
+    }
 
 
 def test_check_with_a_higher_min_tokens_and_no_match(cli, index_dir, query_file):
@@ -66,15 +73,18 @@ def test_benchmark_check(cli, index_dir):
     assert "0 of 164 problems" in out
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["check", "{tmp}/nowhere", "{query}"], "no attribution index here"),
-    (["check", "{index}", "{tmp}/missing.py"], "missing.py: cannot read"),
-    (["check", "{index}"], "give the code to check"),
-    (["check", "{index}", "{query}", "--benchmark", "humaneval"], "not both"),
-    (["check", "{index}", "{query}", "--min-tokens", "20"], "finds spans of 50 tokens or more"),
-    (["index", "{tmp}/no-such-dir", "-o", "{tmp}/out"], "no-such-dir: no such file or directory"),
-    (["index", "{query}", "-o", "{index}"], "already exists"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "{tmp}/nowhere", "{query}"], "no attribution index here"),
+        (["check", "{index}", "{tmp}/missing.py"], "missing.py: cannot read"),
+        (["check", "{index}"], "give the code to check"),
+        (["check", "{index}", "{query}", "--benchmark", "humaneval"], "not both"),
+        (["check", "{index}", "{query}", "--min-tokens", "20"], "finds spans of 50 tokens or more"),
+        (["index", "{tmp}/no-such-dir", "-o", "{tmp}/out"], "no-such-dir: no such file or directory"),
+        (["index", "{query}", "-o", "{index}"], "already exists"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_1(cli, tmp_path, index_dir, query_file, args, message):
     fill = {"tmp": tmp_path, "index": index_dir, "query": query_file}
     code, _, err = cli("attribute", *[a.format(**fill) for a in args])

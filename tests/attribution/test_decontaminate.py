@@ -27,7 +27,9 @@ def test_problems_found_in_the_training_data_are_reported(tmp_path):
     leaked = tmp_path / "leaked.jsonl"
     # A training file that happens to hold problem 0, between other code.
     content = "import os\n\n\n" + problems["HumanEval/0"] + "\n\ndef main():\n    print(os.getcwd())\n"
-    leaked.write_text(json.dumps({"content": content, "repo": "someone/solutions", "path": "he0.py", "license": "MIT"}) + "\n")
+    leaked.write_text(
+        json.dumps({"content": content, "repo": "someone/solutions", "path": "he0.py", "license": "MIT"}) + "\n"
+    )
     build_index([*sources, str(leaked)], tmp_path / "index", workers=1)
     report = check_benchmark(AttributionIndex.open(tmp_path / "index"), "HumanEval")
     assert report.problems == 164

@@ -24,8 +24,13 @@ U64 = np.uint64
 def make_view(kinds: list[int], hashes: list[int]) -> TokenView:
     n = len(kinds)
     lines = np.arange(1, n + 1, dtype=np.int32)
-    return TokenView(np.array(kinds, dtype=np.uint8), np.array(hashes, dtype=np.uint64), lines, lines.copy(),
-                     np.ones(n, dtype=np.int32))
+    return TokenView(
+        np.array(kinds, dtype=np.uint8),
+        np.array(hashes, dtype=np.uint64),
+        lines,
+        lines.copy(),
+        np.ones(n, dtype=np.int32),
+    )
 
 
 def reference_kgrams(view: TokenView, k: int) -> np.ndarray:
@@ -85,8 +90,15 @@ def random_tokens(draw_rng: np.random.Generator, n: int) -> tuple[list[int], lis
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(0, 2**32), st.integers(0, 60), st.integers(0, 60), st.integers(0, 60), st.integers(0, 60),
-       st.booleans(), st.sampled_from([20, 50]))
+@given(
+    st.integers(0, 2**32),
+    st.integers(0, 60),
+    st.integers(0, 60),
+    st.integers(0, 60),
+    st.integers(0, 60),
+    st.booleans(),
+    st.sampled_from([20, 50]),
+)
 def test_every_shared_span_of_min_tokens_is_found(seed, a, b, c, d, renamed, min_tokens):
     """The winnowing guarantee: a span of min_tokens tokens shared by a document and a query (in any
     context, and renamed consistently) leaves a fingerprint of the document among the query's k-grams."""

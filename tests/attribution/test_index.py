@@ -17,18 +17,18 @@ from codeinstruct.errors import CodeinstructError
 
 from .conftest import C_SOURCE, HULL, SCHEDULER, TEXTKIT, lines_of, write_corpus
 
-NOVEL_BEFORE = '''\
+NOVEL_BEFORE = """\
 def tally_orders(orders, region):
     kept = [order for order in orders if order.region == region]
     return sum(order.amount for order in kept)
 
 
-'''
-NOVEL_AFTER = '''
+"""
+NOVEL_AFTER = """
 
 def describe(sensor):
     return f"{sensor.name}: {sensor.reading:.1f} {sensor.unit}"
-'''
+"""
 
 
 def planted(snippet: str) -> tuple[str, tuple[int, int]]:
@@ -55,12 +55,22 @@ def test_verbatim_copy_is_found_with_repo_path_license_and_lines(index):
 
 
 def test_renamed_and_reflowed_copy_is_found_as_renamed(index):
-    snippet = rename(lines_of(HULL, 10, 25), {
-        "convex_hull": "outline", "points": "cloud", "pts": "ordered", "lower": "bottom", "upper": "top", "p": "q",
-    })
+    snippet = rename(
+        lines_of(HULL, 10, 25),
+        {
+            "convex_hull": "outline",
+            "points": "cloud",
+            "pts": "ordered",
+            "lower": "bottom",
+            "upper": "top",
+            "p": "q",
+        },
+    )
     # Re-flowed: two-space indentation, no spaces around operators, a call broken over lines.
     snippet = snippet.replace("    ", "  ").replace(" <= ", "<=").replace(" >= ", ">=")
-    snippet = snippet.replace("cross(bottom[-2], bottom[-1], q)", "cross(\n        bottom[-2],\n        bottom[-1],\n        q)")
+    snippet = snippet.replace(
+        "cross(bottom[-2], bottom[-1], q)", "cross(\n        bottom[-2],\n        bottom[-1],\n        q)"
+    )
     query, query_lines = planted(snippet)
     [match] = index.check(query).matches
     assert match.kind == "renamed"
@@ -77,7 +87,9 @@ def test_whitespace_comments_and_quote_style_still_count_as_verbatim(index):
 
 
 def test_novel_code_is_not_reported(index):
-    novel = NOVEL_BEFORE + '''
+    novel = (
+        NOVEL_BEFORE
+        + """
 class Inventory:
     def __init__(self):
         self.items = {}
@@ -93,7 +105,9 @@ class Inventory:
             return False
         self.items[sku] = available - quantity
         return True
-''' + NOVEL_AFTER
+"""
+        + NOVEL_AFTER
+    )
     report = index.check(novel)
     assert report.matches == []
     assert report.licenses == {}
@@ -143,14 +157,27 @@ def test_copies_are_counted_and_licenses_summed(tmp_path):
 def test_report_json_shape(index):
     data = json.loads(json.dumps(index.check(planted(lines_of(HULL, 10, 25))[0]).as_dict()))
     assert set(data) == {"matches", "licenses"}
-    assert set(data["matches"][0]) == {"repo", "path", "license", "source_lines", "query_lines", "tokens", "kind", "copies"}
+    assert set(data["matches"][0]) == {
+        "repo",
+        "path",
+        "license",
+        "source_lines",
+        "query_lines",
+        "tokens",
+        "kind",
+        "copies",
+    }
     assert data["matches"][0]["source_lines"] == [10, 25]
 
 
 def test_concurrent_readers_get_the_same_answers(index_dir):
     shared = AttributionIndex.open(index_dir)
-    queries = [planted(lines_of(HULL, 10, 25))[0], planted(lines_of(SCHEDULER, 13, 30))[0],
-               planted(lines_of(TEXTKIT, 19, 32))[0], NOVEL_BEFORE * 5]
+    queries = [
+        planted(lines_of(HULL, 10, 25))[0],
+        planted(lines_of(SCHEDULER, 13, 30))[0],
+        planted(lines_of(TEXTKIT, 19, 32))[0],
+        NOVEL_BEFORE * 5,
+    ]
     expected = [shared.check(q) for q in queries]
     shared._chunk.cache_clear()
     barrier = threading.Barrier(8)
@@ -229,7 +256,9 @@ def test_corrupted_file_is_a_clear_error(damaged):
     data = bytearray((damaged / "postings.npy").read_bytes())
     data[-1] ^= 0xFF
     (damaged / "postings.npy").write_bytes(bytes(data))
-    with pytest.raises(CodeinstructError, match=r"postings.npy: checksum does not match the manifest; the index is corrupted"):
+    with pytest.raises(
+        CodeinstructError, match=r"postings.npy: checksum does not match the manifest; the index is corrupted"
+    ):
         AttributionIndex.open(damaged)
 
 

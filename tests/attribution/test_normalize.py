@@ -27,7 +27,7 @@ def same_view(a: TokenView, b: TokenView) -> bool:
 
 
 def test_python_tokens_drop_whitespace_and_comments_and_keep_lines():
-    tokens = PY.scan('x = a // 2  # halve\ns = r"raw\\n" + f\'{x}\'\n')
+    tokens = PY.scan("x = a // 2  # halve\ns = r\"raw\\n\" + f'{x}'\n")
     assert tokens.texts == ["x", "=", "a", "//", "2", "s", "=", 'r"raw\\n"', "+", 'f"{x}"']
     assert tokens.kinds == [NAME, OTHER, NAME, OTHER, LITERAL, NAME, OTHER, LITERAL, OTHER, LITERAL]
     assert tokens.lines == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
@@ -51,12 +51,18 @@ def test_reformatting_and_quote_style_do_not_change_the_view():
     assert np.array_equal(a.kinds, b.kinds) and np.array_equal(a.hashes, b.hashes)
 
 
-@pytest.mark.parametrize(("language", "code"), [
-    ("Python", HULL + TEXTKIT + SCHEDULER + 'x = """' + "long\n" * 3 + '"""\ny = "' + "z" * 40 + '"\nz = "\x1f"\n'),
-    ("C", C_SOURCE + 'const char *s = "a string long enough to be stored as its hash";\n/* a\nblock */ int x;\n'),
-    ("Lua", 'local function greet(name)\n  -- say hello\n  return "hello " .. name\nend\nprint(greet([[multi\nline]]))\n'),
-    ("Shell", 'for f in *.txt; do\n  echo "$f" \x1f done\ndone\n'),
-])
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("Python", HULL + TEXTKIT + SCHEDULER + 'x = """' + "long\n" * 3 + '"""\ny = "' + "z" * 40 + '"\nz = "\x1f"\n'),
+        ("C", C_SOURCE + 'const char *s = "a string long enough to be stored as its hash";\n/* a\nblock */ int x;\n'),
+        (
+            "Lua",
+            'local function greet(name)\n  -- say hello\n  return "hello " .. name\nend\nprint(greet([[multi\nline]]))\n',
+        ),
+        ("Shell", 'for f in *.txt; do\n  echo "$f" \x1f done\ndone\n'),
+    ],
+)
 def test_stored_view_round_trips(language, code):
     tokens = scanner_for(language).scan(code)
     assert same_view(decode_view(encode_view(tokens)), view_of(tokens))
@@ -65,7 +71,10 @@ def test_stored_view_round_trips(language, code):
 def test_stored_chunks_put_together_equal_the_whole():
     tokens = PY.scan(HULL + TEXTKIT)
     whole = view_of(tokens)
-    parts = [decode_view(encode_view(tokens.slice(a, a + 100))).shifted(tokens.lines[a] - 1) for a in range(0, len(tokens), 100)]
+    parts = [
+        decode_view(encode_view(tokens.slice(a, a + 100))).shifted(tokens.lines[a] - 1)
+        for a in range(0, len(tokens), 100)
+    ]
     assert same_view(TokenView.concatenate(parts), whole)
 
 

@@ -12,8 +12,9 @@ DOCUMENTS = {
 
 
 def span(text, query_lines, tokens=80, verbatim=True, copies=()):
-    return SourceSpan(text=text, tokens=tokens, verbatim=verbatim, query_lines=query_lines, source_lines=(1, 10),
-                      copies=copies)
+    return SourceSpan(
+        text=text, tokens=tokens, verbatim=verbatim, query_lines=query_lines, source_lines=(1, 10), copies=copies
+    )
 
 
 def test_spans_over_the_same_lines_are_one_match_with_copies():
@@ -24,8 +25,9 @@ def test_spans_over_the_same_lines_are_one_match_with_copies():
 
 
 def test_verbatim_represents_a_group_before_a_longer_renamed_span():
-    report = assemble([span(2, (5, 21), tokens=90, verbatim=False), span(0, (5, 20), tokens=80)],
-                      DOCUMENTS.__getitem__, 50)
+    report = assemble(
+        [span(2, (5, 21), tokens=90, verbatim=False), span(0, (5, 20), tokens=80)], DOCUMENTS.__getitem__, 50
+    )
     [match] = report.matches
     assert (match.repo, match.kind, match.copies) == ("acme/geo", "verbatim", 2)
 

@@ -92,11 +92,7 @@ def test_source_texts_exclude_tests_and_big_files() -> None:
     assert all(len(t.encode("utf-8")) <= 200 * 1024 for t in texts)
     root = stdlib_dir()
     # Some distributions strip the test suite; any surviving test file will do.
-    test_files = [
-        p
-        for p in sorted((root / "test").glob("test_*.py"))
-        if 0 < p.stat().st_size <= 200 * 1024
-    ][:20]
+    test_files = [p for p in sorted((root / "test").glob("test_*.py")) if 0 < p.stat().st_size <= 200 * 1024][:20]
     excluded = [p.read_text(encoding="utf-8", errors="replace") for p in test_files]
     if (root / "unittest" / "test").is_dir():
         excluded += [
@@ -145,17 +141,11 @@ def test_responses_match_original_functions_minus_docstring(records: list[dict])
         if module not in trees:
             trees[module] = ast.parse(_module_file(module).read_text(encoding="utf-8"))
         node = _function(record["response"])
-        original = next(
-            n
-            for n in trees[module].body
-            if isinstance(n, ast.FunctionDef) and n.name == node.name
-        )
+        original = next(n for n in trees[module].body if isinstance(n, ast.FunctionDef) and n.name == node.name)
         raw_doc = original.body[0].value.value
         assert raw_doc not in record["response"]
         assert ast.dump(ast.Module(original.body[1:], [])) == ast.dump(ast.Module(node.body, []))
-        assert [ast.dump(d) for d in original.decorator_list] == [
-            ast.dump(d) for d in node.decorator_list
-        ]
+        assert [ast.dump(d) for d in original.decorator_list] == [ast.dump(d) for d in node.decorator_list]
         checked += 1
     assert checked >= 100
 

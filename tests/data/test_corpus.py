@@ -174,15 +174,23 @@ def test_site_packages_licenses_come_from_dist_info(tmp_path):
     write(site / "foo" / "__init__.py", CODE)
     write(site / "foo" / "sub" / "deep.py", CODE)
     write(site / "foo-1.0.dist-info" / "METADATA", "Metadata-Version: 2.4\nName: foo\nLicense-Expression: MIT\n")
-    write(site / "foo-1.0.dist-info" / "RECORD", "foo/__init__.py,,\nfoo/sub/deep.py,,\nfoo-1.0.dist-info/METADATA,,\n../../../bin/foo,,\n")
+    write(
+        site / "foo-1.0.dist-info" / "RECORD",
+        "foo/__init__.py,,\nfoo/sub/deep.py,,\nfoo-1.0.dist-info/METADATA,,\n../../../bin/foo,,\n",
+    )
     # Older metadata: a trove classifier and top_level.txt, no RECORD.
     write(site / "bar" / "x.py", CODE)
-    write(site / "Bar-2.0.dist-info" / "METADATA",
-          "Metadata-Version: 2.1\nName: Bar\nLicense: UNKNOWN\nClassifier: License :: OSI Approved :: Apache Software License\n")
+    write(
+        site / "Bar-2.0.dist-info" / "METADATA",
+        "Metadata-Version: 2.1\nName: Bar\nLicense: UNKNOWN\nClassifier: License :: OSI Approved :: Apache Software License\n",
+    )
     write(site / "Bar-2.0.dist-info" / "top_level.txt", "bar\n")
     # A single-module distribution whose License: field holds the whole text.
     write(site / "six.py", CODE)
-    write(site / "six-1.16.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: six\nLicense: " + MIT_TEXT.replace("\n", "\n        ") + "\n")
+    write(
+        site / "six-1.16.dist-info" / "METADATA",
+        "Metadata-Version: 2.1\nName: six\nLicense: " + MIT_TEXT.replace("\n", "\n        ") + "\n",
+    )
     write(site / "six-1.16.dist-info" / "top_level.txt", "six\n")
     # A namespace package shared by two distributions; one ships only its license file.
     write(site / "ns" / "a" / "a.py", CODE)
@@ -190,8 +198,10 @@ def test_site_packages_licenses_come_from_dist_info(tmp_path):
     write(site / "ns_a-1.dist-info" / "METADATA", "Metadata-Version: 2.2\nName: ns-a\nLicense-File: LICENSE\n")
     write(site / "ns_a-1.dist-info" / "licenses" / "LICENSE", "Copyright (c) 2020 A\n\n" + BSD_CONDITIONS + BSD3_CLAUSE)
     write(site / "ns_a-1.dist-info" / "RECORD", "ns/a/a.py,,\n")
-    write(site / "ns_b-1.dist-info" / "METADATA",
-          "Metadata-Version: 2.1\nName: ns-b\nClassifier: License :: OSI Approved :: GNU General Public License v2 (GPLv2)\n")
+    write(
+        site / "ns_b-1.dist-info" / "METADATA",
+        "Metadata-Version: 2.1\nName: ns-b\nClassifier: License :: OSI Approved :: GNU General Public License v2 (GPLv2)\n",
+    )
     write(site / "ns_b-1.dist-info" / "RECORD", "ns/b/b.py,,\n")
     write(site / "loose.py", CODE)  # installed by nobody we know of
 
@@ -306,16 +316,25 @@ def test_builtin_stdlib():
     ("text", "spdx"),
     [
         (MIT_TEXT, "MIT"),
-        ("Licensed under the Apache License, Version 2.0 (the \"License\");", "Apache-2.0"),
+        ('Licensed under the Apache License, Version 2.0 (the "License");', "Apache-2.0"),
         (APACHE_TEXT, "Apache-2.0"),
         ("Copyright (c) 2020\n\n" + BSD_CONDITIONS, "BSD-2-Clause"),
         ("Copyright (c) 2020\n\n" + BSD_CONDITIONS + BSD3_CLAUSE, "BSD-3-Clause"),
         ("GNU GENERAL PUBLIC LICENSE\n Version 2, June 1991\n", "GPL-2.0"),
-        ("GNU GENERAL PUBLIC LICENSE\n Version 3, 29 June 2007\n...use the GNU Lesser General Public License instead", "GPL-3.0"),
+        (
+            "GNU GENERAL PUBLIC LICENSE\n Version 3, 29 June 2007\n...use the GNU Lesser General Public License instead",
+            "GPL-3.0",
+        ),
         ("GNU LESSER GENERAL PUBLIC LICENSE\n Version 2.1, February 1999\n", "LGPL-2.1"),
-        ("GNU LESSER GENERAL PUBLIC LICENSE\n Version 3, 29 June 2007\n version 3 of the GNU General Public License", "LGPL-3.0"),
+        (
+            "GNU LESSER GENERAL PUBLIC LICENSE\n Version 3, 29 June 2007\n version 3 of the GNU General Public License",
+            "LGPL-3.0",
+        ),
         ("Mozilla Public License Version 2.0\n==================================\n", "MPL-2.0"),
-        ("Permission to use, copy, modify, and/or distribute this software for any\npurpose with or without fee is hereby granted, provided that the above\ncopyright notice and this permission notice appear in all copies.", "ISC"),
+        (
+            "Permission to use, copy, modify, and/or distribute this software for any\npurpose with or without fee is hereby granted, provided that the above\ncopyright notice and this permission notice appear in all copies.",
+            "ISC",
+        ),
         ("This is free and unencumbered software released into the public domain.", "Unlicense"),
         ("A. HISTORY OF THE SOFTWARE\n(unlike the GPL)\n\nPYTHON SOFTWARE FOUNDATION LICENSE VERSION 2\n", "PSF-2.0"),
         ("# Copyright 2020\n# Permission is hereby granted, free of charge, to any person obtaining a copy\n", "MIT"),

@@ -18,9 +18,11 @@ def test_psm_and_spm_token_order_exactly(tokenizer):
     assert (t.prefix, t.middle, t.suffix, t.pad) == (1, 2, 3, 4)
     pre, mid, suf = "def add(a, b):\n", "    return a + b\n", "\nprint(add(1, 2))\n"
     assert fim_prompt_ids(tokenizer, pre, suf) + _enc(tokenizer, mid) == (
-        [1] + _enc(tokenizer, pre) + [3] + _enc(tokenizer, suf) + [2] + _enc(tokenizer, mid))
+        [1] + _enc(tokenizer, pre) + [3] + _enc(tokenizer, suf) + [2] + _enc(tokenizer, mid)
+    )
     assert fim_prompt_ids(tokenizer, pre, suf, spm=True) + _enc(tokenizer, mid) == (
-        [1, 3] + _enc(tokenizer, suf) + [2] + _enc(tokenizer, pre) + _enc(tokenizer, mid))
+        [1, 3] + _enc(tokenizer, suf) + [2] + _enc(tokenizer, pre) + _enc(tokenizer, mid)
+    )
 
 
 def test_apply_fim_produces_both_orders_and_reassembles_the_document(tokenizer):
@@ -38,8 +40,11 @@ def test_apply_fim_produces_both_orders_and_reassembles_the_document(tokenizer):
         else:
             modes.add("psm")
             s, m = ids.index(t.suffix), ids.index(t.middle)
-            prefix, suffix, middle = (tokenizer.decode(ids[1:s]), tokenizer.decode(ids[s + 1 : m]),
-                                      tokenizer.decode(ids[m + 1 :]))
+            prefix, suffix, middle = (
+                tokenizer.decode(ids[1:s]),
+                tokenizer.decode(ids[s + 1 : m]),
+                tokenizer.decode(ids[m + 1 :]),
+            )
             assert prefix + middle + suffix == DOC
     assert modes == {"psm", "spm"}
 

@@ -51,7 +51,7 @@ def tiny_model(request):
 
 
 def _loss_sum(model, batch):
-    from codeinstruct.train.loop import batch_loss_sum
+    from codeinstruct.train.step import batch_loss_sum
 
     return batch_loss_sum(model, batch, amp_dtype=None)
 
@@ -59,7 +59,7 @@ def _loss_sum(model, batch):
 def test_packed_logits_equal_each_example_alone(tiny_model):
     examples = _random_examples(6, 300)
     batch = collate_packed([examples[:3], examples[3:]], pad_id=0)
-    from codeinstruct.train.loop import model_attention_mask
+    from codeinstruct.train.step import model_attention_mask
 
     mask = model_attention_mask(tiny_model, batch.attention_mask)
     with torch.no_grad():

@@ -8,13 +8,21 @@ from codeinstruct.errors import CodeinstructError
 
 def test_gpteacher_json(tmp_path):
     p = tmp_path / "g.json"
-    p.write_text(json.dumps([{"instruction": "a", "input": "", "response": "b"}, {"instruction": "c", "input": "d", "response": "e"}]))
+    p.write_text(
+        json.dumps(
+            [{"instruction": "a", "input": "", "response": "b"}, {"instruction": "c", "input": "d", "response": "e"}]
+        )
+    )
     assert load_records(p) == [InstructionRecord("a", "", "b"), InstructionRecord("c", "d", "e")]
 
 
 def test_alpaca_json_and_missing_input(tmp_path):
     p = tmp_path / "a.json"
-    p.write_text(json.dumps([{"instruction": "a", "input": "x", "output": "b", "text": "ignored"}, {"instruction": "c", "output": "e"}]))
+    p.write_text(
+        json.dumps(
+            [{"instruction": "a", "input": "x", "output": "b", "text": "ignored"}, {"instruction": "c", "output": "e"}]
+        )
+    )
     assert load_records(p) == [InstructionRecord("a", "x", "b"), InstructionRecord("c", "", "e")]
 
 
@@ -45,16 +53,44 @@ def test_shared_gpteacher_file_loads(real_gpteacher):
 
 BAD = [
     ("bad.json", b'[{"instruction": "a", "response": "b"},\n {"instruction": ', "bad.json: line 2: invalid JSON"),
-    ("bad.jsonl", b'{"instruction": "a", "response": "b"}\n{"instruction": "a" "response": "b"}\n', "bad.jsonl: line 2: invalid JSON"),
-    ("bad.json", json.dumps([{"instruction": "a", "response": "b"}, {"instruction": "a"}]).encode(), "bad.json: record 2: missing field 'response' (GPTeacher) or 'output' (Alpaca)"),
-    ("bad.json", json.dumps([{"instruction": "", "response": "b"}]).encode(), "bad.json: record 1: field 'instruction' is empty"),
-    ("bad.json", json.dumps([{"instruction": "a", "response": "  \n"}]).encode(), "bad.json: record 1: field 'response' is empty"),
-    ("bad.json", json.dumps([{"instruction": "a", "input": 3, "response": "b"}]).encode(), "bad.json: record 1: field 'input' must be a string, got int"),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "response": "b"}\n{"instruction": "a" "response": "b"}\n',
+        "bad.jsonl: line 2: invalid JSON",
+    ),
+    (
+        "bad.json",
+        json.dumps([{"instruction": "a", "response": "b"}, {"instruction": "a"}]).encode(),
+        "bad.json: record 2: missing field 'response' (GPTeacher) or 'output' (Alpaca)",
+    ),
+    (
+        "bad.json",
+        json.dumps([{"instruction": "", "response": "b"}]).encode(),
+        "bad.json: record 1: field 'instruction' is empty",
+    ),
+    (
+        "bad.json",
+        json.dumps([{"instruction": "a", "response": "  \n"}]).encode(),
+        "bad.json: record 1: field 'response' is empty",
+    ),
+    (
+        "bad.json",
+        json.dumps([{"instruction": "a", "input": 3, "response": "b"}]).encode(),
+        "bad.json: record 1: field 'input' must be a string, got int",
+    ),
     ("bad.json", json.dumps([["a", "b"]]).encode(), "bad.json: record 1: expected a JSON object, got list"),
-    ("bad.jsonl", b'{"instruction": "a", "response": "b"}\n{"instruction": "\xff\xfe", "response": "b"}\n', "bad.jsonl: line 2: not valid UTF-8"),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "response": "b"}\n{"instruction": "\xff\xfe", "response": "b"}\n',
+        "bad.jsonl: line 2: not valid UTF-8",
+    ),
     ("bad.json", b"", "bad.json: file is empty"),
     ("bad.json", b"[]", "bad.json: no records"),
-    ("bad.json", json.dumps([{"instruction": "a", "response": "b", "output": "c"}]).encode(), "bad.json: record 1: has both"),
+    (
+        "bad.json",
+        json.dumps([{"instruction": "a", "response": "b", "output": "c"}]).encode(),
+        "bad.json: record 1: has both",
+    ),
 ]
 
 

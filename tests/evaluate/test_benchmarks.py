@@ -13,7 +13,7 @@ from codeinstruct.evaluate.benchmarks import (
 
 GOOD = {
     "task_id": "Custom/0",
-    "prompt": "def add(a, b):\n    \"\"\"Add.\"\"\"\n",
+    "prompt": 'def add(a, b):\n    """Add."""\n',
     "canonical_solution": "    return a + b\n",
     "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
     "entry_point": "add",
@@ -57,7 +57,10 @@ def test_a_custom_suite_loads_with_its_checksum(tmp_path):
         (json.dumps([1, 2]), r"suite.jsonl: line 2: expected a JSON object"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "test"}), r"suite.jsonl: line 2: missing field\(s\) test"),
         (json.dumps({**GOOD, "task_id": 7}), r"suite.jsonl: line 2: field 'task_id' must be a string, not int"),
-        (json.dumps({**GOOD, "entry_point": "sub"}), r"suite.jsonl: line 2: the prompt does not define entry_point 'sub'"),
+        (
+            json.dumps({**GOOD, "entry_point": "sub"}),
+            r"suite.jsonl: line 2: the prompt does not define entry_point 'sub'",
+        ),
         (json.dumps({**GOOD, "entry_point": "a b"}), r"suite.jsonl: line 2: entry_point 'a b' is not a Python name"),
         (json.dumps({**GOOD, "test": "assert True"}), r"suite.jsonl: line 2: the test does not define check"),
         (json.dumps(GOOD), r"suite.jsonl: line 2: task_id 'Custom/0' repeats line 1"),

@@ -5,8 +5,24 @@ import json
 
 def test_generate_then_score_without_regenerating(cli, tiny_model_dir, tmp_path):
     samples = tmp_path / "samples.jsonl"
-    code, out, err = cli("eval", "humaneval", "--model", tiny_model_dir, "--mode", "base", "--n", "2",
-                         "--temperature", "0.8", "--max-new-tokens", "8", "--limit", "2", "--out", samples)
+    code, out, err = cli(
+        "eval",
+        "humaneval",
+        "--model",
+        tiny_model_dir,
+        "--mode",
+        "base",
+        "--n",
+        "2",
+        "--temperature",
+        "0.8",
+        "--max-new-tokens",
+        "8",
+        "--limit",
+        "2",
+        "--out",
+        samples,
+    )
     assert code == 0, err
     assert "4 samples for 2 problems" in out
     before = samples.read_text()
@@ -29,7 +45,9 @@ def test_score_prints_json_and_reports_canonical_solutions(cli, tmp_path):
 
     problems = load_humaneval().problems[:3]
     samples = tmp_path / "canonical.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n" for p in problems))
+    samples.write_text(
+        "".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n" for p in problems)
+    )
     code, out, err = cli("eval", "score", samples, "--allow-code-execution", "--json", "--out", tmp_path / "r.json")
     assert code == 0, err
     summary = json.loads(out)

@@ -16,13 +16,22 @@ def test_samples_file_records_prompt_output_completion_and_config(tiny_model_dir
     assert (report.problems, report.samples) == (2, 4) and seen == [(1, 2), (2, 2)]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["task_id"], r["sample"], r["seed"]) for r in rows] == [
-        ("HumanEval/0", 0, 5), ("HumanEval/0", 1, 5), ("HumanEval/1", 0, 6), ("HumanEval/1", 1, 6)]
+        ("HumanEval/0", 0, 5),
+        ("HumanEval/0", 1, 5),
+        ("HumanEval/1", 0, 6),
+        ("HumanEval/1", 1, 6),
+    ]
     first = rows[0]
     assert first["prompt"].endswith('"""') and first["prompt"].startswith("from typing import List")
     assert not any(stop in first["raw_output"] for stop in BASE_STOP_WORDS)
     config_seen = first["config"]
     assert config_seen["model"] == str(tiny_model_dir.resolve())
-    assert (config_seen["dtype"], config_seen["mode"], config_seen["n"], config_seen["temperature"]) == ("float32", "base", 2, 1.0)
+    assert (config_seen["dtype"], config_seen["mode"], config_seen["n"], config_seen["temperature"]) == (
+        "float32",
+        "base",
+        2,
+        1.0,
+    )
     assert config_seen["stop_words"] == list(BASE_STOP_WORDS) and config_seen["benchmark"] == "humaneval"
     assert config_seen["seed"] == 5 and config_seen["max_new_tokens"] == 8 and config_seen["top_p"] == 0.95
     # The same seed gives the same samples.

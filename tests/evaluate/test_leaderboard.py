@@ -66,8 +66,18 @@ def _table_rows(out: str) -> dict[str, list[str]]:
 def test_leaderboard_runs_local_tasks_and_prints_the_card_table(cli, tiny_model_dir, task_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")  # restored afterwards; the command must turn it on
     out = tmp_path / "leaderboard.json"
-    code, stdout, stderr = cli("eval", "leaderboard", "--model", tiny_model_dir, "--tasks", "tie_mc,single_mc",
-                               "--include-path", task_dir, "--out", out)
+    code, stdout, stderr = cli(
+        "eval",
+        "leaderboard",
+        "--model",
+        tiny_model_dir,
+        "--tasks",
+        "tie_mc,single_mc",
+        "--include-path",
+        task_dir,
+        "--out",
+        out,
+    )
     assert code == 0, stderr
     assert os.environ["HF_DATASETS_OFFLINE"] == "1" and os.environ["HF_HUB_OFFLINE"] == "1"
     assert "StarCoder GPTeacher-Codegen card" in stdout
@@ -80,8 +90,18 @@ def test_leaderboard_runs_local_tasks_and_prints_the_card_table(cli, tiny_model_
 
 
 def test_limit_runs_the_first_examples_only(cli, tiny_model_dir, task_dir):
-    code, stdout, stderr = cli("eval", "leaderboard", "--model", tiny_model_dir, "--tasks", "tie_mc",
-                               "--include-path", task_dir, "--limit", "2")
+    code, stdout, stderr = cli(
+        "eval",
+        "leaderboard",
+        "--model",
+        tiny_model_dir,
+        "--tasks",
+        "tie_mc",
+        "--include-path",
+        task_dir,
+        "--limit",
+        "2",
+    )
     assert code == 0, stderr
     assert _table_rows(stdout)["tie_mc"] == ["100.00", "-"]
     assert "limit 2 per task" in stdout
@@ -93,16 +113,28 @@ def test_a_leaderboard_task_without_its_dataset_offline_is_named(cli, tiny_model
         assert _table_rows(stdout)["ARC (25-shot)"][1] == "32.68"
         return
     assert code == 1
-    assert "error: ARC (25-shot): dataset allenai/ai2_arc (ARC-Challenge) is not available offline" in " ".join(stderr.split())
+    assert "error: ARC (25-shot): dataset allenai/ai2_arc (ARC-Challenge) is not available offline" in " ".join(
+        stderr.split()
+    )
     assert "Traceback" not in stderr
 
 
 def test_the_card_average_matches_the_card():
-    report = LeaderboardReport(model="m", limit=None,
-                               rows=[LeaderboardRow(t.label, t.task, t.num_fewshot, t.metric, 50.0, t.card) for t in LEADERBOARD])
+    report = LeaderboardReport(
+        model="m",
+        limit=None,
+        rows=[LeaderboardRow(t.label, t.task, t.num_fewshot, t.metric, 50.0, t.card) for t in LEADERBOARD],
+    )
     assert report.card_average == pytest.approx(32.57, abs=0.005)  # the card's "Avg."
-    assert [r.label for r in report.rows] == ["ARC (25-shot)", "HellaSwag (10-shot)", "MMLU (5-shot)", "TruthfulQA (0-shot)",
-                                              "Winogrande (5-shot)", "GSM8K (5-shot)", "DROP (3-shot)"]
+    assert [r.label for r in report.rows] == [
+        "ARC (25-shot)",
+        "HellaSwag (10-shot)",
+        "MMLU (5-shot)",
+        "TruthfulQA (0-shot)",
+        "Winogrande (5-shot)",
+        "GSM8K (5-shot)",
+        "DROP (3-shot)",
+    ]
 
 
 def test_task_names_resolve_to_leaderboard_settings():

@@ -16,7 +16,9 @@ from codeinstruct.evaluate.postprocess import (
 )
 
 PROMPT = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs.\n    >>> total([1, 2])\n    3\n    """\n'
-PROBLEM = Problem("T/0", PROMPT, "    return sum(xs)\n", "def check(candidate):\n    assert candidate([1, 2]) == 3\n", "total")
+PROBLEM = Problem(
+    "T/0", PROMPT, "    return sum(xs)\n", "def check(candidate):\n    assert candidate([1, 2]) == 3\n", "total"
+)
 
 
 def run(completion: str, xs=(1, 2, 3)):
@@ -102,10 +104,30 @@ OTHER_LANGUAGE_FIRST = "\n```text\n6\n```\n```\ndef total(xs):\n    return sum(x
 
 @pytest.mark.parametrize(
     "output",
-    [FENCED, TWO_BLOCKS, UNCLOSED, NO_FENCE_WITH_PROSE, WITH_TESTS, INDENTED_FENCE, BODY_ONLY, CRLF, NEXT_TURN,
-     OTHER_LANGUAGE_FIRST],
-    ids=["fenced", "two-blocks", "unclosed", "prose-no-fence", "with-tests", "indented-fence", "body-only", "crlf",
-         "next-turn", "other-language-first"],
+    [
+        FENCED,
+        TWO_BLOCKS,
+        UNCLOSED,
+        NO_FENCE_WITH_PROSE,
+        WITH_TESTS,
+        INDENTED_FENCE,
+        BODY_ONLY,
+        CRLF,
+        NEXT_TURN,
+        OTHER_LANGUAGE_FIRST,
+    ],
+    ids=[
+        "fenced",
+        "two-blocks",
+        "unclosed",
+        "prose-no-fence",
+        "with-tests",
+        "indented-fence",
+        "body-only",
+        "crlf",
+        "next-turn",
+        "other-language-first",
+    ],
 )
 def test_instruct_outputs_become_a_working_function(output):
     completion = to_completion(PROBLEM, "instruct", output)
@@ -128,7 +150,9 @@ def test_extract_code_prefers_the_block_defining_the_entry_point():
 
 
 def test_unparseable_code_falls_back_to_the_text_of_the_function():
-    kept = keep_function("from x import y\nwhat a nice day\n@cache\ndef total(xs):\n    return (\n        1\n)\n\nnow prose", "total")
+    kept = keep_function(
+        "from x import y\nwhat a nice day\n@cache\ndef total(xs):\n    return (\n        1\n)\n\nnow prose", "total"
+    )
     assert kept == "from x import y\n\n@cache\ndef total(xs):\n    return (\n        1\n)\n"
 
 

@@ -81,8 +81,11 @@ def test_a_fork_bomb_is_contained(isolation):
     # The process-count limit must hold before the bomb goes off: it holds for an unprivileged uid.
     if not isolation.unprivileged:
         pytest.skip("programs run as root here: RLIMIT_NPROC would not hold, so the fork bomb is not run")
-    probe = run_program("import os, resource\nprint(os.getuid(), resource.getrlimit(resource.RLIMIT_NPROC)[0])",
-                        LIMITS, isolation=isolation)
+    probe = run_program(
+        "import os, resource\nprint(os.getuid(), resource.getrlimit(resource.RLIMIT_NPROC)[0])",
+        LIMITS,
+        isolation=isolation,
+    )
     uid, nproc = map(int, probe.stdout.split())
     assert uid != 0 and nproc == LIMITS.processes
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"

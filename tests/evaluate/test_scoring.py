@@ -20,8 +20,10 @@ def humaneval():
 
 
 def test_all_164_canonical_solutions_pass(tmp_path, humaneval):
-    samples = write_samples(tmp_path / "canonical.jsonl",
-                            [{"task_id": p.task_id, "completion": p.canonical_solution} for p in humaneval.problems])
+    samples = write_samples(
+        tmp_path / "canonical.jsonl",
+        [{"task_id": p.task_id, "completion": p.canonical_solution} for p in humaneval.problems],
+    )
     report = score_samples(samples, allow_code_execution=True, workers=2)
     assert report.pass_at_k == {"pass@1": 1.0}
     assert report.counts == {"passed": 164, "failed": 0, "timeout": 0, "error": 0}
@@ -94,12 +96,26 @@ def test_hostile_completions_are_recorded_with_their_outcome_and_the_run_goes_on
     if not (isolation.unprivileged and isolation.network_cut and isolation.private_filesystem):
         pytest.skip(f"needs full isolation for the fork bomb, network and filesystem cases ({isolation.describe()})")
     suite = tmp_path / "suite.jsonl"
-    suite.write_text("".join(json.dumps({
-        "task_id": name, "prompt": "def f():\n", "canonical_solution": "    return 1\n",
-        "test": "def check(candidate):\n    assert candidate() == 1\n", "entry_point": "f",
-    }) + "\n" for name in ADVERSARIAL))
-    samples = write_samples(tmp_path / "s.jsonl", [{"task_id": k, "completion": v} for k, v in ADVERSARIAL.items()]
-                            + [{"task_id": "loop", "completion": "    return 1\n"}])
+    suite.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "task_id": name,
+                    "prompt": "def f():\n",
+                    "canonical_solution": "    return 1\n",
+                    "test": "def check(candidate):\n    assert candidate() == 1\n",
+                    "entry_point": "f",
+                }
+            )
+            + "\n"
+            for name in ADVERSARIAL
+        )
+    )
+    samples = write_samples(
+        tmp_path / "s.jsonl",
+        [{"task_id": k, "completion": v} for k, v in ADVERSARIAL.items()]
+        + [{"task_id": "loop", "completion": "    return 1\n"}],
+    )
     limits = SandboxLimits(timeout_s=3, memory_mb=256, processes=16)
     report = score_samples(samples, allow_code_execution=True, benchmark=load_problems(suite), limits=limits, workers=2)
     got = {t["task_id"]: [(o["status"], o["error_type"]) for o in t["outcomes"]] for t in report.tasks}
@@ -115,7 +131,9 @@ def test_execution_needs_explicit_permission(tmp_path):
 
 
 def test_bad_samples_files_name_the_line(tmp_path):
-    bad = write_samples(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}, {"task_id": "HumanEval/0"}])
+    bad = write_samples(
+        tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}, {"task_id": "HumanEval/0"}]
+    )
     with pytest.raises(CodeinstructError, match=r"s.jsonl: line 2: 'completion' is missing"):
         score_samples(bad, allow_code_execution=True)
     unknown = write_samples(tmp_path / "u.jsonl", [{"task_id": "HumanEval/999", "completion": ""}])
@@ -124,8 +142,14 @@ def test_bad_samples_files_name_the_line(tmp_path):
 
 
 def test_the_results_file_holds_outcomes_isolation_and_pass_at_k(tmp_path, humaneval):
-    rows = [{"task_id": "HumanEval/0", "completion": humaneval.problems[0].canonical_solution, "config": {"benchmark": "humaneval"}},
-            {"task_id": "HumanEval/0", "completion": "    return 1 / 0\n", "config": {"benchmark": "humaneval"}}]
+    rows = [
+        {
+            "task_id": "HumanEval/0",
+            "completion": humaneval.problems[0].canonical_solution,
+            "config": {"benchmark": "humaneval"},
+        },
+        {"task_id": "HumanEval/0", "completion": "    return 1 / 0\n", "config": {"benchmark": "humaneval"}},
+    ]
     samples = write_samples(tmp_path / "samples.jsonl", rows)
     report = score_samples(samples, allow_code_execution=True)
     path = write_report(report, default_results_path(samples))

@@ -46,8 +46,14 @@ def expected_tensors(sd: dict, n_layer: int, multi_query: bool = True, n_head: i
         "output_norm.weight": sd["transformer.ln_f.weight"],
         "output_norm.bias": sd["transformer.ln_f.bias"],
     }
-    parts = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_norm": "ln_2",
-             "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
+    parts = {
+        "attn_norm": "ln_1",
+        "attn_qkv": "attn.c_attn",
+        "attn_output": "attn.c_proj",
+        "ffn_norm": "ln_2",
+        "ffn_up": "mlp.c_fc",
+        "ffn_down": "mlp.c_proj",
+    }
     for i in range(n_layer):
         for ours, hf in parts.items():
             for kind in ("weight", "bias"):
@@ -150,15 +156,19 @@ def test_chat_template_renders_the_alpaca_prompt(exported, tokenizer):
     eos = tokenizer.eos_token
     render = lambda messages: template.render(messages=messages, add_generation_prompt=True, eos_token=eos)  # noqa: E731
     assert render([{"role": "user", "content": INSTRUCTION}]) == format_prompt(INSTRUCTION)
-    two_turns = render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}])
+    two_turns = render(
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    )
     assert two_turns == format_prompt("a") + "\nb" + eos + "\n\n### Instruction:\nc\n\n### Response:"
     with_system = render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"}])
-    assert with_system == "Be brief." + format_prompt("a")[format_prompt("a").index("\n\n### Instruction:"):]
+    assert with_system == "Be brief." + format_prompt("a")[format_prompt("a").index("\n\n### Instruction:") :]
 
 
 def render_go_template(template: str, system: str, prompt: str) -> str:
     """The subset of Go's text/template the Modelfile uses."""
-    text = re.sub(r"\{\{ if \.System \}\}(.*?)\{\{ end \}\}", lambda m: m.group(1) if system else "", template, flags=re.S)
+    text = re.sub(
+        r"\{\{ if \.System \}\}(.*?)\{\{ end \}\}", lambda m: m.group(1) if system else "", template, flags=re.S
+    )
     return text.replace("{{ .System }}", system).replace("{{ .Prompt }}", prompt).replace("{{ .Response }}", "")
 
 
@@ -197,7 +207,9 @@ def test_vocab_holes_become_unused_pad_tokens(model_dir, tmp_path):
 
 def test_cli_writes_gguf_and_modelfile_elsewhere(cli, model_dir, tmp_path):
     out = tmp_path / "out" / "model.gguf"
-    code, stdout, stderr = cli("export", "gguf", model_dir[0], "-o", out, "--type", "q8_0", "--modelfile", tmp_path / "ollama" / "Modelfile")
+    code, stdout, stderr = cli(
+        "export", "gguf", model_dir[0], "-o", out, "--type", "q8_0", "--modelfile", tmp_path / "ollama" / "Modelfile"
+    )
     assert code == 0, stderr
     assert str(out) in stdout and "q8_0" in stdout and "kB" in stdout
     assert read(out)[1]["general.file_type"] == 7

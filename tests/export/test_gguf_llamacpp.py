@@ -65,12 +65,22 @@ def test_llama_cpp_matches_codeinstruct(llama_cpp, tokenizer, tmp_path, multi_qu
 
     model_dir, model = make_model_dir(tokenizer, tmp_path / "model", multi_query)
     engine = Engine.from_pretrained(model_dir, device="cpu")
-    ours = [o.choices[0].token_ids for o in engine.generate(PROMPTS, SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True))]
+    ours = [
+        o.choices[0].token_ids
+        for o in engine.generate(PROMPTS, SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True))
+    ]
 
     for kind in ("f32", "f16", "q8_0"):
         path = export_gguf(model_dir, tmp_path / f"{kind}.gguf", type=kind, write_modelfile=False).path
-        llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, logits_all=True, verbose=False,
-                              type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)  # f32 KV cache
+        llm = llama_cpp.Llama(
+            str(path),
+            n_ctx=512,
+            n_threads=2,
+            logits_all=True,
+            verbose=False,
+            type_k=llama_cpp.GGML_TYPE_F32,
+            type_v=llama_cpp.GGML_TYPE_F32,
+        )  # f32 KV cache
         try:
             assert llm.n_vocab() == len(tokenizer)
             for prompt, expected in zip(PROMPTS, ours):
@@ -81,8 +91,10 @@ def test_llama_cpp_matches_codeinstruct(llama_cpp, tokenizer, tmp_path, multi_qu
                     reference = model(torch.tensor([ids])).logits[0].numpy()
                 diff = np.abs(logits - reference).max()
                 agree = (logits.argmax(-1) == reference.argmax(-1)).mean()
-                print(f"{kind} {'mq' if multi_query else 'mh'}: max |logit diff| {diff:.2e}, top-1 agreement {agree:.0%}, "
-                      f"greedy equal {greedy == expected}")
+                print(
+                    f"{kind} {'mq' if multi_query else 'mh'}: max |logit diff| {diff:.2e}, top-1 agreement {agree:.0%}, "
+                    f"greedy equal {greedy == expected}"
+                )
                 if kind == "f32":
                     # what remains is ggml's fp16 GELU table; a misplaced tensor would be off by O(1)
                     assert diff < 2e-3 * np.abs(reference).max(), (diff, np.abs(reference).max())
@@ -120,8 +132,9 @@ def test_llama_cpp_tokenizes_the_real_starcoder_vocabulary_as_codeinstruct(llama
 
     tokenizer = load_tokenizer(real_dir(STARCODER))
     model_dir, _ = make_model_dir(tokenizer, tmp_path / "model", multi_query=True)
-    llm = llama_cpp.Llama(str(export_gguf(model_dir, tmp_path / "m.gguf", type="q8_0").path), n_ctx=256,
-                          vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(
+        str(export_gguf(model_dir, tmp_path / "m.gguf", type="q8_0").path), n_ctx=256, vocab_only=True, verbose=False
+    )
     try:
         cases = ground_truth(STARCODER)
         wrong = [t for t, ids in cases if llm.tokenize(t.encode(), add_bos=False, special=False) != ids]

@@ -62,8 +62,14 @@ def test_stop_token_ends_the_sequence_as_generate_eos_does(model, tokenizer):
     references = []
     for p in PROMPTS:
         ids = torch.tensor([tokenizer(p, add_special_tokens=False)["input_ids"]])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
-                             pad_token_id=0, eos_token_id=[tokenizer.eos_token_id, stop_id])
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=30,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=[tokenizer.eos_token_id, stop_id],
+        )
         references.append(out[0, ids.shape[1] :].tolist())
     assert ids_of(outputs) == references
     assert len(references[0]) <= 7
@@ -97,7 +103,10 @@ def test_sampling_is_reproducible_per_seed_and_independent_of_the_batch(model, t
     assert ids_of(engine.generate([PROMPTS[0]], params))[0] == alone
     crowd = engine.generate([PROMPTS[1], PROMPTS[0], PROMPTS[2]], params)
     assert crowd[1].choices[0].token_ids == alone
-    other_seeds = {tuple(ids_of(engine.generate([PROMPTS[0]], SamplingParams(**{**params.__dict__, "seed": s})))[0]) for s in (8, 9)}
+    other_seeds = {
+        tuple(ids_of(engine.generate([PROMPTS[0]], SamplingParams(**{**params.__dict__, "seed": s})))[0])
+        for s in (8, 9)
+    }
     assert tuple(alone) not in other_seeds
 
 
@@ -106,21 +115,34 @@ def test_n_samples_share_one_prefill(model, tokenizer, monkeypatch):
     calls = []
     extend = engine.runner.extend
     monkeypatch.setattr(engine.runner, "extend", lambda *a: calls.append(a[2]) or extend(*a))
-    out = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=20, temperature=1.0, seed=3, n=3, ignore_eos=True))[0]
+    out = engine.generate(
+        [PROMPTS[0]], SamplingParams(max_new_tokens=20, temperature=1.0, seed=3, n=3, ignore_eos=True)
+    )[0]
     assert len(calls) == 1  # the prompt went through the model once
     assert [c.index for c in out.choices] == [0, 1, 2]
     assert len({tuple(c.token_ids) for c in out.choices}) == 3
     assert out.completion_tokens == 60 and out.prompt_tokens == len(calls[0])
     # a sample depends on (seed, index) only: sample 1 of n=3 is sample 1 of n=2
-    two = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=20, temperature=1.0, seed=3, n=2, ignore_eos=True))[0]
+    two = engine.generate(
+        [PROMPTS[0]], SamplingParams(max_new_tokens=20, temperature=1.0, seed=3, n=2, ignore_eos=True)
+    )[0]
     assert two.choices[1].token_ids == out.choices[1].token_ids
 
 
 def test_repetition_penalty_changes_greedy_as_transformers_does(model, tokenizer):
     ids = torch.tensor([tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]])
-    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
-                         repetition_penalty=1.5, pad_token_id=0, eos_token_id=None)[0, ids.shape[1] :].tolist()
-    got = Engine(model, tokenizer).generate([PROMPTS[1]], SamplingParams(max_new_tokens=30, repetition_penalty=1.5, ignore_eos=True))
+    ref = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=30,
+        do_sample=False,
+        repetition_penalty=1.5,
+        pad_token_id=0,
+        eos_token_id=None,
+    )[0, ids.shape[1] :].tolist()
+    got = Engine(model, tokenizer).generate(
+        [PROMPTS[1]], SamplingParams(max_new_tokens=30, repetition_penalty=1.5, ignore_eos=True)
+    )
     assert ids_of(got) == [ref]
     assert ref != reference_greedy(model, tokenizer, PROMPTS[1], 30, eos=False)
 
@@ -197,8 +219,15 @@ def test_other_architectures_run_through_their_own_forward(tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     engine = Engine(model, tokenizer, max_batch_size=2)
     outputs = engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=20, ignore_eos=True))

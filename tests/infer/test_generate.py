@@ -43,8 +43,10 @@ def test_streamed_response_is_the_response(engine):
     assert "".join(pieces) == generate_response(engine, "Write a function.", "", params)
 
 
-@given(st.lists(st.sampled_from(["a", "b", " ", "\n", "#", "\n\n", "  x"]), max_size=30).map("".join),
-       st.lists(st.integers(1, 7), max_size=30))
+@given(
+    st.lists(st.sampled_from(["a", "b", " ", "\n", "#", "\n\n", "  x"]), max_size=30).map("".join),
+    st.lists(st.integers(1, 7), max_size=30),
+)
 def test_response_deltas_equal_extract_response_for_any_chunking(text, sizes):
     pieces = []
     for n in sizes:

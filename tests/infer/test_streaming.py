@@ -39,8 +39,11 @@ def stream(text, sizes, stops):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="ab#\n", max_size=40), st.lists(st.integers(0, 6), max_size=20),
-       st.lists(st.text(alphabet="ab#\n", min_size=1, max_size=5), max_size=3))
+@given(
+    st.text(alphabet="ab#\n", max_size=40),
+    st.lists(st.integers(0, 6), max_size=20),
+    st.lists(st.text(alphabet="ab#\n", min_size=1, max_size=5), max_size=3),
+)
 def test_stop_strings_are_cut_exactly_for_any_chunking(text, sizes, stops):
     out, s = stream(text, sizes, tuple(stops))
     # generation stops when the text received so far first contains a stop string; the cut is at

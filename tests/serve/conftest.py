@@ -30,7 +30,7 @@ def model_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 def new_engine(model_dir: Path, slots: int = 4, engine_class=Engine) -> Engine:
-    from codeinstruct.infer.generate import load_for_inference
+    from codeinstruct.modeling import load_for_inference
 
     model, tokenizer = load_for_inference(model_dir, device="cpu")
     return engine_class(model, tokenizer, max_batch_size=slots)
@@ -102,7 +102,7 @@ def sse_events(response: httpx.Response) -> list:
     events = []
     for line in response.iter_lines():
         if line.startswith("data: "):
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             events.append(data if data == "[DONE]" else json.loads(data))
     return events
 

@@ -66,8 +66,14 @@ def test_several_prompts_and_samples_come_back_in_openai_order(server, engine):
 
 def test_sampling_without_a_seed_differs_between_requests(server):
     c = client(server.url)
-    texts = {c.completions.create(model="tiny", prompt="def f():\n", max_tokens=24, temperature=1.0,
-                                  extra_body={"ignore_eos": True}).choices[0].text for _ in range(3)}
+    texts = {
+        c.completions.create(
+            model="tiny", prompt="def f():\n", max_tokens=24, temperature=1.0, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .text
+        for _ in range(3)
+    }
     assert len(texts) == 3
 
 
@@ -76,7 +82,9 @@ def test_fim_with_suffix_is_the_psm_prompt_and_equals_the_raw_fim_prompt(server,
     prefix, suffix = "def area(r):\n    return ", "\n\nprint(area(2))\n"
 
     def fim_reference(seed):
-        ids, params = fim_request(engine, prefix, suffix, params=SamplingParams(max_new_tokens=16, temperature=1.0, seed=seed))
+        ids, params = fim_request(
+            engine, prefix, suffix, params=SamplingParams(max_new_tokens=16, temperature=1.0, seed=seed)
+        )
         return ids, engine.submit(ids, params).result()
 
     seed = next(s for s in range(100) if fim_reference(s)[1].completion_tokens > 3)  # a middle, not an instant stop
@@ -87,7 +95,9 @@ def test_fim_with_suffix_is_the_psm_prompt_and_equals_the_raw_fim_prompt(server,
     assert with_suffix.choices[0].text == raw.choices[0].text == ref.text
     # the FIM markers went in as single control tokens, not as text
     assert with_suffix.usage.prompt_tokens == raw.usage.prompt_tokens == len(ids)
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(prompt=prefix, suffix=suffix, stream=True, **kwargs))
+    streamed = "".join(
+        ch.choices[0].text for ch in c.completions.create(prompt=prefix, suffix=suffix, stream=True, **kwargs)
+    )
     assert streamed == ref.text
 
 
@@ -98,8 +108,13 @@ def _stop_spanning_tokens(engine, ref_choice):
         head = tok.decode(ref_choice.token_ids[:k])
         b = len(head)
         stop = text[b - 2 : b + 2]
-        if (text.startswith(head) and len(stop) == 4 and "\ufffd" not in stop and text.find(stop) == b - 2
-                and len(tok.decode(ref_choice.token_ids[k - 1 : k])) >= 2):
+        if (
+            text.startswith(head)
+            and len(stop) == 4
+            and "\ufffd" not in stop
+            and text.find(stop) == b - 2
+            and len(tok.decode(ref_choice.token_ids[k - 1 : k])) >= 2
+        ):
             return stop, text[: b - 2]
     raise AssertionError("no token boundary to put a stop string across")
 
@@ -109,7 +124,14 @@ def test_stop_strings_that_span_tokens_are_cut_and_never_streamed(server, engine
     prompt = "def parse(text):\n"
     ref = reference(engine, prompt, max_new_tokens=48, temperature=1.0, seed=21, ignore_eos=True).choices[0]
     stop, expected = _stop_spanning_tokens(engine, ref)
-    kwargs = {"model": "tiny", "prompt": prompt, "max_tokens": 48, "temperature": 1.0, "seed": 21, "extra_body": {"ignore_eos": True}}
+    kwargs = {
+        "model": "tiny",
+        "prompt": prompt,
+        "max_tokens": 48,
+        "temperature": 1.0,
+        "seed": 21,
+        "extra_body": {"ignore_eos": True},
+    }
     r = c.completions.create(stop=[stop, "never appears"], **kwargs)
     assert (r.choices[0].text, r.choices[0].finish_reason) == (expected, "stop")
     chunks = list(c.completions.create(stop=stop, stream=True, **kwargs))
@@ -126,7 +148,9 @@ def test_chat_is_the_alpaca_answer_with_system_and_earlier_turns_as_input(server
         {"role": "assistant", "content": "print('hello')"},
         {"role": "user", "content": "Now put it in a function."},
     ]
-    prompt = format_prompt("Now put it in a function.", "Answer in Python.\n\nUser: Write hello world.\n\nAssistant: print('hello')")
+    prompt = format_prompt(
+        "Now put it in a function.", "Answer in Python.\n\nUser: Write hello world.\n\nAssistant: print('hello')"
+    )
     ids = encode_text(engine.tokenizer, prompt)
     ref = engine.submit(ids, response_params(SamplingParams(max_new_tokens=30, temperature=0.9, seed=5))).result()
     r = c.chat.completions.create(model="tiny", messages=messages, max_tokens=30, temperature=0.9, seed=5)
@@ -134,8 +158,17 @@ def test_chat_is_the_alpaca_answer_with_system_and_earlier_turns_as_input(server
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == extract_response(ref.text)
     assert r.usage.prompt_tokens == len(ids)
-    chunks = list(c.chat.completions.create(model="tiny", messages=messages, max_tokens=30, temperature=0.9, seed=5,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            max_tokens=30,
+            temperature=0.9,
+            seed=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == r.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == r.usage.total_tokens
@@ -143,8 +176,9 @@ def test_chat_is_the_alpaca_answer_with_system_and_earlier_turns_as_input(server
 
 
 def test_one_user_message_uses_the_no_input_template(server, engine):
-    r = client(server.url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Sort a list."}],
-                                                   max_tokens=4, temperature=0)
+    r = client(server.url).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Sort a list."}], max_tokens=4, temperature=0
+    )
     assert r.usage.prompt_tokens == len(encode_text(engine.tokenizer, format_prompt("Sort a list.")))
 
 
@@ -153,11 +187,18 @@ def test_echo_returns_the_prompt_with_its_characters_whole(server):
     c = client(server.url)
     r = c.completions.create(model="tiny", prompt=prompt, echo=True, max_tokens=8, temperature=1.0, seed=2)
     assert r.choices[0].text.startswith(prompt)
-    with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
-                      json={"prompt": prompt, "echo": True, "max_tokens": 8, "temperature": 1.0, "seed": 2, "stream": True}) as resp:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        timeout=30,
+        json={"prompt": prompt, "echo": True, "max_tokens": 8, "temperature": 1.0, "seed": 2, "stream": True},
+    ) as resp:
         raw = resp.read()
-    events = [json.loads(e[len(b"data: "):].decode("utf-8", errors="strict")) for e in raw.split(b"\n\n")
-              if e.startswith(b"data: {")]
+    events = [
+        json.loads(e[len(b"data: ") :].decode("utf-8", errors="strict"))
+        for e in raw.split(b"\n\n")
+        if e.startswith(b"data: {")
+    ]
     assert events[0]["choices"][0]["text"] == prompt
     assert "".join(e["choices"][0]["text"] for e in events) == r.choices[0].text
     assert raw.endswith(b"data: [DONE]\n\n")
@@ -165,32 +206,54 @@ def test_echo_returns_the_prompt_with_its_characters_whole(server):
 
 def test_max_tokens_beyond_the_context_stops_at_the_context_with_length(server, engine):
     ids = [encode_text(engine.tokenizer, "a")[0]] * (engine.max_seq_len - 3)
-    r = client(server.url).completions.create(model="tiny", prompt=ids, max_tokens=100, temperature=0,
-                                              extra_body={"ignore_eos": True})
+    r = client(server.url).completions.create(
+        model="tiny", prompt=ids, max_tokens=100, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens + r.usage.completion_tokens == engine.max_seq_len
 
 
-@pytest.mark.parametrize("path,body,needle", [
-    ("/v1/completions", {"prompt": "x", "temperature": 3}, "temperature: Input should be less than or equal to 2"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
-    ("/v1/completions", {"max_tokens": 5}, "prompt: Field required"),
-    ("/v1/completions", {"prompt": []}, "prompt: must not be empty"),
-    ("/v1/completions", {"prompt": "x", "logprobs": 2}, "logprobs are not supported"),
-    ("/v1/completions", {"prompt": "x", "presence_penalty": 0.5}, "presence_penalty is not supported; use repetition_penalty"),
-    ("/v1/completions", {"prompt": "x", "n": 5}, "n=5 is more than the server's 4 concurrent sequences"),
-    ("/v1/completions", {"prompt": [1, 2], "suffix": "x"}, "suffix needs a text prompt"),
-    ("/v1/completions", {"prompt": [10**7]}, "outside the model's vocabulary"),
-    ("/v1/completions", {"prompt": "x", "suffix": "y", "echo": True}, "echo cannot be combined with suffix"),
-    ("/v1/completions", {"prompt": "x " * 1100}, "the model's context is 1024"),
-    ("/v1/completions", {"prompt": "x" * (64 * 1024 + 1)}, "prompt has 65,537 characters; the model's context is 1024 tokens"),
-    ("/v1/chat/completions", {"messages": []}, "messages: List should have at least 1 item"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
-     "the last message must be from the user"),
-    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role: Input should be"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
-     "tools (function calling) are not supported"),
-])
+@pytest.mark.parametrize(
+    "path,body,needle",
+    [
+        ("/v1/completions", {"prompt": "x", "temperature": 3}, "temperature: Input should be less than or equal to 2"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
+        ("/v1/completions", {"max_tokens": 5}, "prompt: Field required"),
+        ("/v1/completions", {"prompt": []}, "prompt: must not be empty"),
+        ("/v1/completions", {"prompt": "x", "logprobs": 2}, "logprobs are not supported"),
+        (
+            "/v1/completions",
+            {"prompt": "x", "presence_penalty": 0.5},
+            "presence_penalty is not supported; use repetition_penalty",
+        ),
+        ("/v1/completions", {"prompt": "x", "n": 5}, "n=5 is more than the server's 4 concurrent sequences"),
+        ("/v1/completions", {"prompt": [1, 2], "suffix": "x"}, "suffix needs a text prompt"),
+        ("/v1/completions", {"prompt": [10**7]}, "outside the model's vocabulary"),
+        ("/v1/completions", {"prompt": "x", "suffix": "y", "echo": True}, "echo cannot be combined with suffix"),
+        ("/v1/completions", {"prompt": "x " * 1100}, "the model's context is 1024"),
+        (
+            "/v1/completions",
+            {"prompt": "x" * (64 * 1024 + 1)},
+            "prompt has 65,537 characters; the model's context is 1024 tokens",
+        ),
+        ("/v1/chat/completions", {"messages": []}, "messages: List should have at least 1 item"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            "the last message must be from the user",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "wizard", "content": "x"}]},
+            "messages.0.role: Input should be",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+            "tools (function calling) are not supported",
+        ),
+    ],
+)
 def test_invalid_requests_get_400_with_a_clear_openai_error(server, path, body, needle):
     r = httpx.post(server.url + path, json=body, timeout=30)
     assert r.status_code == 400, r.text
@@ -225,7 +288,9 @@ def test_a_failing_engine_is_an_error_not_a_hang(model_dir):
     with running(create_app(ServerSettings(max_concurrency=1), engine=engine, model_name="tiny")) as s:
         r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 8}, timeout=30)
         assert r.status_code == 500 and r.json()["error"]["message"] == "generation failed: out of memory"
-        with httpx.stream("POST", s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 8, "stream": True}) as st:
+        with httpx.stream(
+            "POST", s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 8, "stream": True}
+        ) as st:
             events = sse_events(st)
         assert events[-2]["error"]["message"] == "generation failed: out of memory" and events[-1] == "[DONE]"
         assert s.wait_for(lambda h: h["active"] == 0, "the failed requests released")["free_slots"] == 1
@@ -235,7 +300,9 @@ def test_a_failing_engine_is_an_error_not_a_hang(model_dir):
 
 
 def test_an_api_key_when_set_is_required_on_the_api_but_not_for_health(model_dir):
-    app = create_app(ServerSettings(api_key="sekrit", max_concurrency=1), engine=new_engine(model_dir, slots=1), model_name="tiny")
+    app = create_app(
+        ServerSettings(api_key="sekrit", max_concurrency=1), engine=new_engine(model_dir, slots=1), model_name="tiny"
+    )
     with running(app) as s:
         with pytest.raises(openai.AuthenticationError, match="missing or invalid API key"):
             client(s.url, api_key="wrong").models.list()
@@ -285,8 +352,14 @@ def test_requests_over_the_queue_bound_get_429_and_admitted_ones_finish_whole(ga
     gated.engine.gate.set()
     for t in threads:
         t.join(60)
-    expected = client(gated.url).completions.create(model="tiny", prompt=body["prompt"], max_tokens=20, temperature=1.0,
-                                                    seed=9, extra_body={"ignore_eos": True}).choices[0].text
+    expected = (
+        client(gated.url)
+        .completions.create(
+            model="tiny", prompt=body["prompt"], max_tokens=20, temperature=1.0, seed=9, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .text
+    )
     assert len(results) == 3
     for status, events in results:
         assert status == 200 and events[-1] == "[DONE]"
@@ -298,7 +371,14 @@ def test_requests_over_the_queue_bound_get_429_and_admitted_ones_finish_whole(ga
 
 def test_a_streaming_client_that_disconnects_frees_its_slot(gated):
     gated.engine.gate.set()
-    body = {"prompt": "def f(x):\n", "max_tokens": 900, "temperature": 1.0, "seed": 1, "ignore_eos": True, "stream": True}
+    body = {
+        "prompt": "def f(x):\n",
+        "max_tokens": 900,
+        "temperature": 1.0,
+        "seed": 1,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream("POST", gated.url + "/v1/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(line for line in lines if line.startswith("data: "))
@@ -312,7 +392,9 @@ def test_a_streaming_client_that_disconnects_frees_its_slot(gated):
 
 def test_a_non_streaming_client_that_gives_up_is_cancelled(gated):
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(gated.url + "/v1/completions", json={"prompt": "x", "max_tokens": 50}, timeout=httpx.Timeout(30, read=0.5))
+        httpx.post(
+            gated.url + "/v1/completions", json={"prompt": "x", "max_tokens": 50}, timeout=httpx.Timeout(30, read=0.5)
+        )
     gated.wait_for(lambda h: h["active"] == 0, "the abandoned request released")
     assert gated.engine.has_work()  # still queued in the gated engine, marked cancelled
     gated.engine.gate.set()

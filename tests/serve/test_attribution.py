@@ -24,7 +24,11 @@ CHAT = {"messages": [{"role": "user", "content": "Write a merge function."}], "m
 def _answers(engine, seed: int) -> tuple[str, str]:
     params = SamplingParams(max_new_tokens=60, temperature=1.0, seed=seed)
     completion = engine.submit(encode_text(engine.tokenizer, COMPLETION["prompt"]), params).result().text
-    chat = engine.submit(encode_text(engine.tokenizer, format_prompt("Write a merge function.")), response_params(params)).result().text
+    chat = (
+        engine.submit(encode_text(engine.tokenizer, format_prompt("Write a merge function.")), response_params(params))
+        .result()
+        .text
+    )
     return completion, extract_response(chat)
 
 
@@ -34,11 +38,16 @@ def server(model_dir, tmp_path_factory):
     # a random model writes any byte; a NUL would make the corpus reader skip the document as binary
     seed, (completion, chat) = next((s, a) for s in range(100) if "\0" not in "".join(a := _answers(engine, s)))
     root = tmp_path_factory.mktemp("attribution")
-    corpus = write_corpus(root / "corpus", {"echo/completion.py": "import os\n\n" + completion + "\n",
-                                            "echo/chat.py": chat + "\n"})
+    corpus = write_corpus(
+        root / "corpus", {"echo/completion.py": "import os\n\n" + completion + "\n", "echo/chat.py": chat + "\n"}
+    )
     build_index(corpus, root / "index", workers=1, min_tokens=8)
-    app = create_app(ServerSettings(max_concurrency=4), engine=engine, model_name="tiny",
-                     attribution=AttributionIndex.open(root / "index"))
+    app = create_app(
+        ServerSettings(max_concurrency=4),
+        engine=engine,
+        model_name="tiny",
+        attribution=AttributionIndex.open(root / "index"),
+    )
     with running(app) as s:
         s.completion, s.chat = {**COMPLETION, "seed": seed}, {**CHAT, "seed": seed}
         yield s
@@ -48,7 +57,12 @@ def test_a_completion_carries_its_matches_with_repo_path_license_and_lines(serve
     r = client(server.url).completions.create(model="tiny", **server.completion)
     attribution = r.choices[0].model_extra["attribution"]
     [match] = attribution["matches"]
-    assert (match["repo"], match["path"], match["license"], match["kind"]) == ("acme/echo", "echo/completion.py", "MIT", "verbatim")
+    assert (match["repo"], match["path"], match["license"], match["kind"]) == (
+        "acme/echo",
+        "echo/completion.py",
+        "MIT",
+        "verbatim",
+    )
     assert match["source_lines"][0] == 3  # after "import os" and a blank line in the source
     assert match["query_lines"][0] == 1 and match["tokens"] >= 8
     assert attribution["licenses"] == {"MIT": 1}
@@ -74,7 +88,9 @@ def test_chat_answers_are_attributed_streamed_or_not(server):
 
 
 def test_code_that_is_not_in_the_index_gets_an_empty_report(server):
-    r = client(server.url).completions.create(model="tiny", prompt="class Tree:\n", max_tokens=30, temperature=1.0, seed=99)
+    r = client(server.url).completions.create(
+        model="tiny", prompt="class Tree:\n", max_tokens=30, temperature=1.0, seed=99
+    )
     assert r.choices[0].model_extra["attribution"] == {"matches": [], "licenses": {}}
 
 
@@ -101,12 +117,16 @@ class _BlockingIndex:
 
 def test_the_check_runs_off_the_event_loop_so_other_requests_are_served_meanwhile(model_dir):
     index = _BlockingIndex()
-    app = create_app(ServerSettings(max_concurrency=2), engine=new_engine(model_dir, slots=2), model_name="tiny",
-                     attribution=index)
+    app = create_app(
+        ServerSettings(max_concurrency=2), engine=new_engine(model_dir, slots=2), model_name="tiny", attribution=index
+    )
     with running(app) as s:
         done = []
-        t = threading.Thread(target=lambda: done.append(httpx.post(s.url + "/v1/completions", timeout=60,
-                                                                   json={"prompt": "x", "max_tokens": 4}).json()))
+        t = threading.Thread(
+            target=lambda: done.append(
+                httpx.post(s.url + "/v1/completions", timeout=60, json={"prompt": "x", "max_tokens": 4}).json()
+            )
+        )
         t.start()
         assert index.started.wait(30)
         assert s.health()["status"] == "ok"  # answered while the check is still running

@@ -33,9 +33,25 @@ def served(model_dir, tmp_path):
         pytest.skip("reads resident memory from /proc (Linux)")
     log = (tmp_path / "server.log").open("w+")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "codeinstruct", "serve", "--model", str(model_dir), "--port", "0",
-                             "--max-concurrency", str(SLOTS), "--max-queue", str(QUEUE)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "codeinstruct",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            "0",
+            "--max-concurrency",
+            str(SLOTS),
+            "--max-queue",
+            str(QUEUE),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         end = time.monotonic() + 120
         while not (m := re.search(r"at http://([\d.]+):(\d+)/v1", Path(log.name).read_text())):
@@ -84,7 +100,13 @@ def _round(url: str, expected: dict) -> list:
     out: list = []
     threads = []
     for i in range(CLIENTS):
-        body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 128, "temperature": 1.0, "seed": i % 3, "ignore_eos": True}
+        body = {
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "max_tokens": 128,
+            "temperature": 1.0,
+            "seed": i % 3,
+            "ignore_eos": True,
+        }
         threads.append(threading.Thread(target=_client, args=(url, body, i % 4 == 3, start, out)))
     for t in threads:
         t.start()
@@ -116,8 +138,11 @@ def test_32_streaming_clients_some_hanging_up(served):
     expected = {}
     for prompt in PROMPTS:
         for seed in range(3):
-            r = httpx.post(url + "/v1/completions", timeout=60, json={"prompt": prompt, "max_tokens": 128, "temperature": 1.0,
-                                                                      "seed": seed, "ignore_eos": True})
+            r = httpx.post(
+                url + "/v1/completions",
+                timeout=60,
+                json={"prompt": prompt, "max_tokens": 128, "temperature": 1.0, "seed": seed, "ignore_eos": True},
+            )
             expected[prompt, seed] = r.json()["choices"][0]["text"]
     outcomes = _round(url, expected)
     _idle(url)
@@ -134,8 +159,11 @@ def test_32_streaming_clients_some_hanging_up(served):
     growth = _rss_bytes(proc.pid) - baseline
     assert growth < 16 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB over {ROUNDS - 1} rounds"
     # still serving after all that
-    r = httpx.post(url + "/v1/completions", json={"prompt": PROMPTS[0], "max_tokens": 128, "temperature": 1.0, "seed": 0,
-                                                  "ignore_eos": True}, timeout=60)
+    r = httpx.post(
+        url + "/v1/completions",
+        json={"prompt": PROMPTS[0], "max_tokens": 128, "temperature": 1.0, "seed": 0, "ignore_eos": True},
+        timeout=60,
+    )
     assert r.json()["choices"][0]["text"] == expected[PROMPTS[0], 0]
     proc.send_signal(signal.SIGINT)  # Ctrl-C: a graceful stop, the CLI's usual exit status for an interrupt
     assert proc.wait(30) in (0, 130) and "Traceback" not in log.read_text(), log.read_text()[-2000:]

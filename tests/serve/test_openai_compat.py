@@ -51,26 +51,36 @@ def test_one_user_message_is_the_no_input_alpaca_prompt():
 
 
 def test_system_text_and_earlier_turns_become_the_input_in_order():
-    instruction, context = alpaca_from_messages(_messages(
-        ("system", "Answer in Python."), ("user", "Write hello world."), ("assistant", "print('hello')"),
-        ("user", "Now put it in a function.")))
+    instruction, context = alpaca_from_messages(
+        _messages(
+            ("system", "Answer in Python."),
+            ("user", "Write hello world."),
+            ("assistant", "print('hello')"),
+            ("user", "Now put it in a function."),
+        )
+    )
     assert instruction == "Now put it in a function."
     assert context == "Answer in Python.\n\nUser: Write hello world.\n\nAssistant: print('hello')"
     assert format_prompt(instruction, context).count("### Input:") == 1
 
 
 def test_text_content_parts_are_joined_and_other_parts_refused():
-    parts = ChatMessage.model_validate({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]})
+    parts = ChatMessage.model_validate(
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    )
     assert alpaca_from_messages([parts]) == ("ab", "")
     image = ChatMessage.model_validate({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]})
     with pytest.raises(ApiError, match="only text content"):
         alpaca_from_messages([image])
 
 
-@pytest.mark.parametrize("roles,needle", [
-    (("user", "assistant"), "last message must be from the user"),
-    (("tool", "user"), "'tool' messages are not supported"),
-])
+@pytest.mark.parametrize(
+    "roles,needle",
+    [
+        (("user", "assistant"), "last message must be from the user"),
+        (("tool", "user"), "'tool' messages are not supported"),
+    ],
+)
 def test_conversations_that_cannot_be_an_alpaca_prompt_are_refused(roles, needle):
     with pytest.raises(ApiError, match=needle) as e:
         alpaca_from_messages(_messages(*[(r, "x") for r in roles]))
@@ -105,6 +115,24 @@ def test_unseeded_requests_draw_their_own_seed_and_seeded_ones_keep_it():
 
 
 def test_explicit_nulls_from_clients_mean_the_defaults():
-    r = CompletionRequest.model_validate({"prompt": "x", "stream": None, "echo": None, "temperature": None, "n": None,
-                                          "top_p": None, "stop": None, "seed": None})
-    assert (r.stream, r.echo, r.temperature, r.n, r.top_p, r.stop_strings, r.seed) == (False, False, 1.0, 1, 1.0, (), None)
+    r = CompletionRequest.model_validate(
+        {
+            "prompt": "x",
+            "stream": None,
+            "echo": None,
+            "temperature": None,
+            "n": None,
+            "top_p": None,
+            "stop": None,
+            "seed": None,
+        }
+    )
+    assert (r.stream, r.echo, r.temperature, r.n, r.top_p, r.stop_strings, r.seed) == (
+        False,
+        False,
+        1.0,
+        1,
+        1.0,
+        (),
+        None,
+    )

@@ -20,7 +20,7 @@ from codeinstruct.serve import ServerSettings, create_app
 from codeinstruct.serve.app import STATIC
 from tests.serve.conftest import new_engine, running
 
-MERGE = '''def merge_intervals(intervals):
+MERGE = """def merge_intervals(intervals):
     merged = []
     for start, end in sorted(intervals):
         if merged and start <= merged[-1][1]:
@@ -28,10 +28,12 @@ MERGE = '''def merge_intervals(intervals):
         else:
             merged.append([start, end])
     return merged
-'''
+"""
 INSTRUCTION = "Write a Python function that merges overlapping intervals."
-RESPONSE = ("Sort the intervals by start, then grow the last merged interval while the next one overlaps:\n\n"
-            "```python\n" + MERGE + "```")
+RESPONSE = (
+    "Sort the intervals by start, then grow the last merged interval while the next one overlaps:\n\n"
+    "```python\n" + MERGE + "```"
+)
 
 
 def test_the_page_and_its_assets_are_served_and_reference_nothing_outside(model_dir):
@@ -39,13 +41,22 @@ def test_the_page_and_its_assets_are_served_and_reference_nothing_outside(model_
     with running(app) as s:
         page = httpx.get(s.url + "/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        for element in ('id="instruction"', 'id="input"', 'id="answer"', 'id="matches"', "/static/app.js", "/static/style.css"):
+        for element in (
+            'id="instruction"',
+            'id="input"',
+            'id="answer"',
+            'id="matches"',
+            "/static/app.js",
+            "/static/style.css",
+        ):
             assert element in page.text
         for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
             r = httpx.get(f"{s.url}/static/{asset}")
             assert r.status_code == 200 and kind in r.headers["content-type"]
     for f in STATIC.iterdir():
-        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", f.read_text()), f"{f.name} loads something from outside"
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", f.read_text()), (
+            f"{f.name} loads something from outside"
+        )
 
 
 def _chromium() -> str | None:
@@ -61,14 +72,27 @@ def trained_model(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("playground-model")
     (root / "data.json").write_text(json.dumps([{"instruction": INSTRUCTION, "input": "", "response": RESPONSE}] * 4))
-    recipe = {"name": "playground", "seed": 0, "run_dir": str(root / "run"),
-              "model": {"source": "preset:tiny", "tokenizer": str(root / "tok")},
-              "data": {"train": str(root / "data.json"), "max_length": 256, "packing": False},
-              "train": {"epochs": 60, "batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.05, "precision": "fp32", "log_every": 10}}
+    recipe = {
+        "name": "playground",
+        "seed": 0,
+        "run_dir": str(root / "run"),
+        "model": {"source": "preset:tiny", "tokenizer": str(root / "tok")},
+        "data": {"train": str(root / "data.json"), "max_length": 256, "packing": False},
+        "train": {
+            "epochs": 60,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_ratio": 0.05,
+            "precision": "fp32",
+            "log_every": 10,
+        },
+    }
     (root / "recipe.json").write_text(json.dumps(recipe))
     runner = CliRunner()
-    for args in (["tokenizer", "train", str(root / "data.json"), "-o", str(root / "tok"), "--vocab-size", "400"],
-                 ["finetune", str(root / "recipe.json")]):
+    for args in (
+        ["tokenizer", "train", str(root / "data.json"), "-o", str(root / "tok"), "--vocab-size", "400"],
+        ["finetune", str(root / "recipe.json")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     return root / "run" / "final"
@@ -87,8 +111,12 @@ def test_a_person_types_an_instruction_and_sees_the_streamed_answer_and_its_attr
     (repo / "pyproject.toml").write_text('[project]\nname = "acme-intervals"\nlicense = "Apache-2.0"\n')
     (repo / "intervals" / "merge.py").write_text('"""Interval helpers."""\n\n\n' + MERGE)
     build_index([str(repo)], tmp_path / "index", workers=1)
-    app = create_app(ServerSettings(max_concurrency=2), engine=new_engine(trained_model, slots=2), model_name="playground",
-                     attribution=AttributionIndex.open(tmp_path / "index"))
+    app = create_app(
+        ServerSettings(max_concurrency=2),
+        engine=new_engine(trained_model, slots=2),
+        model_name="playground",
+        attribution=AttributionIndex.open(tmp_path / "index"),
+    )
     screenshot = tmp_path / "playground.png"
     with running(app) as s, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])

@@ -60,25 +60,43 @@ def seeds(upstream):
     """Seeds whose FIM middle is not empty and whose completion of 'def merge' is corpus text (no NUL)."""
     c = client(upstream.url)
     fim = next(s for s in range(100) if len(c.completions.create(model="tiny", seed=s, **FIM).choices[0].text) > 3)
-    merge = next(s for s in range(100) if "\0" not in c.completions.create(
-        model="tiny", prompt="def merge(a, b):\n", max_tokens=60, temperature=1.0, seed=s).choices[0].text)
+    merge = next(
+        s
+        for s in range(100)
+        if "\0"
+        not in c.completions.create(model="tiny", prompt="def merge(a, b):\n", max_tokens=60, temperature=1.0, seed=s)
+        .choices[0]
+        .text
+    )
     return {"fim": fim, "merge": merge}
 
 
 @pytest.fixture(scope="module")
 def index(upstream, seeds, tmp_path_factory):
-    answer = client(upstream.url).completions.create(model="tiny", prompt="def merge(a, b):\n", max_tokens=60,
-                                                     temperature=1.0, seed=seeds["merge"]).choices[0].text
+    answer = (
+        client(upstream.url)
+        .completions.create(
+            model="tiny", prompt="def merge(a, b):\n", max_tokens=60, temperature=1.0, seed=seeds["merge"]
+        )
+        .choices[0]
+        .text
+    )
     root = tmp_path_factory.mktemp("proxy-index")
-    build_index(write_corpus(root / "corpus", {"echo/merge.py": answer + "\n"}), root / "index", workers=1, min_tokens=8)
+    build_index(
+        write_corpus(root / "corpus", {"echo/merge.py": answer + "\n"}), root / "index", workers=1, min_tokens=8
+    )
     return AttributionIndex.open(root / "index")
 
 
 @pytest.fixture(scope="module")
 def proxy(upstream, index):
     transport = Recording()
-    app = create_app(ServerSettings(max_concurrency=2, max_queue=2), upstream=upstream.url, attribution=index,
-                     upstream_transport=transport)
+    app = create_app(
+        ServerSettings(max_concurrency=2, max_queue=2),
+        upstream=upstream.url,
+        attribution=index,
+        upstream_transport=transport,
+    )
     with running(app) as s:
         s.transport = transport
         yield s
@@ -103,7 +121,13 @@ def test_suffix_is_sent_upstream_as_a_raw_psm_prompt_and_gives_the_same_middle(p
 
 
 def test_the_proxy_adds_attribution_streamed_or_not(proxy, seeds):
-    kwargs = {"model": "tiny", "prompt": "def merge(a, b):\n", "max_tokens": 60, "temperature": 1.0, "seed": seeds["merge"]}
+    kwargs = {
+        "model": "tiny",
+        "prompt": "def merge(a, b):\n",
+        "max_tokens": 60,
+        "temperature": 1.0,
+        "seed": seeds["merge"],
+    }
     c = client(proxy.url)
     r = c.completions.create(**kwargs)
     [match] = r.choices[0].model_extra["attribution"]["matches"]
@@ -119,8 +143,14 @@ def test_the_proxy_adds_attribution_streamed_or_not(proxy, seeds):
 def test_the_proxy_enforces_stop_strings_an_upstream_misses(upstream, index):
     transport = Recording(drop_stop=True)
     app = create_app(ServerSettings(), upstream=upstream.url, attribution=index, upstream_transport=transport)
-    kwargs = {"model": "tiny", "prompt": "def parse(text):\n", "max_tokens": 40, "temperature": 1.0, "seed": 21,
-                  "extra_body": {"ignore_eos": True}}
+    kwargs = {
+        "model": "tiny",
+        "prompt": "def parse(text):\n",
+        "max_tokens": 40,
+        "temperature": 1.0,
+        "seed": 21,
+        "extra_body": {"ignore_eos": True},
+    }
     full = client(upstream.url).completions.create(**kwargs).choices[0].text
     stop = full[10:14]
     expected = full[: full.find(stop)]
@@ -135,12 +165,34 @@ def test_the_proxy_enforces_stop_strings_an_upstream_misses(upstream, index):
         assert chunks[-1].choices[0].finish_reason == "stop"
         assert "attribution" in chunks[-1].choices[0].model_extra
         messages = [{"role": "user", "content": "Write a parser."}]
-        chat_full = client(upstream.url).chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=1.0,
-                                                                 seed=21, extra_body={"ignore_eos": True}).choices[0].message.content
+        chat_full = (
+            client(upstream.url)
+            .chat.completions.create(
+                model="tiny",
+                messages=messages,
+                max_tokens=40,
+                temperature=1.0,
+                seed=21,
+                extra_body={"ignore_eos": True},
+            )
+            .choices[0]
+            .message.content
+        )
         chat_stop = chat_full[8:11]
-        deltas = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-            model="tiny", messages=messages, max_tokens=40, temperature=1.0, seed=21, stop=chat_stop, stream=True,
-            extra_body={"ignore_eos": True}) if ch.choices]
+        deltas = [
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(
+                model="tiny",
+                messages=messages,
+                max_tokens=40,
+                temperature=1.0,
+                seed=21,
+                stop=chat_stop,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            if ch.choices
+        ]
         assert "".join(deltas) == chat_full[: chat_full.find(chat_stop)]
     upstream.wait_for(lambda h: h["active"] == 0, "the upstream requests closed once every choice had stopped")
 
@@ -148,7 +200,9 @@ def test_the_proxy_enforces_stop_strings_an_upstream_misses(upstream, index):
 def test_upstream_errors_pass_through_with_their_status(proxy):
     r = httpx.post(proxy.url + "/v1/completions", json={"prompt": "x " * 1100, "max_tokens": 4}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
-    with httpx.stream("POST", proxy.url + "/v1/completions", json={"prompt": "x " * 1100, "stream": True}, timeout=30) as s:
+    with httpx.stream(
+        "POST", proxy.url + "/v1/completions", json={"prompt": "x " * 1100, "stream": True}, timeout=30
+    ) as s:
         assert s.status_code == 400 and "context" in json.loads(s.read())["error"]["message"]
     r = httpx.post(proxy.url + "/v1/completions", json={"prompt": "x", "temperature": -1}, timeout=30)
     assert r.status_code == 400 and "temperature" in r.json()["error"]["message"]  # refused here already
@@ -162,12 +216,21 @@ def test_an_unreachable_upstream_is_a_502(tmp_path):
         with pytest.raises(openai.APIStatusError, match="unreachable") as e:
             client(s.url).completions.create(model="m", prompt="x", max_tokens=2)
         assert e.value.status_code == 502
-        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "stream": True})
+        r = httpx.post(
+            s.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "stream": True}
+        )
         assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unavailable"
 
 
 def test_a_client_leaving_the_proxy_closes_its_upstream_request(proxy, upstream):
-    body = {"prompt": "def f(x):\n", "max_tokens": 900, "temperature": 1.0, "seed": 1, "ignore_eos": True, "stream": True}
+    body = {
+        "prompt": "def f(x):\n",
+        "max_tokens": 900,
+        "temperature": 1.0,
+        "seed": 1,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream("POST", proxy.url + "/v1/completions", json=body, timeout=60) as r:
         next(line for line in r.iter_lines() if line.startswith("data: "))
         upstream.engine.gate.clear()  # the upstream cannot finish it on its own now

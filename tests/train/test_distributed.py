@@ -15,7 +15,8 @@ import torch
 
 from codeinstruct.config import load_recipe
 from codeinstruct.train.distributed import rank_micro_batches
-from codeinstruct.train.loop import prepare_sft, train
+from codeinstruct.train.loop import train
+from codeinstruct.train.prepare import prepare_sft
 
 # fp32 on CPU; the processes see other micro-batch shapes and sum in another order
 LOSS_TOLERANCE = 1e-4
@@ -40,8 +41,18 @@ def _recipe_file(tmp_path, data, tokenizer_dir, name, epochs=2):
         "run_dir": str(tmp_path / name),
         "model": {"source": "preset:tiny", "tokenizer": str(tokenizer_dir)},
         "data": {"train": str(data), "max_length": 256, "packing": False, "limit": 48},
-        "train": {"epochs": epochs, "batch_size": 2, "grad_accum": 2, "lr": 1e-3, "warmup_ratio": 0.0,
-                  "precision": "fp32", "device": "cpu", "log_every": 1, "save_every": 2, "keep_checkpoints": 2},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 2,
+            "grad_accum": 2,
+            "lr": 1e-3,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            "device": "cpu",
+            "log_every": 1,
+            "save_every": 2,
+            "keep_checkpoints": 2,
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(recipe))
@@ -49,11 +60,22 @@ def _recipe_file(tmp_path, data, tokenizer_dir, name, epochs=2):
 
 
 def _torchrun(recipe, nproc, *extra, wait_for=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "codeinstruct", "finetune", str(recipe), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "codeinstruct",
+        "finetune",
+        str(recipe),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     if wait_for is None:
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
@@ -107,7 +129,9 @@ def test_two_processes_match_one_and_resume_across_world_sizes(tmp_path, tokeniz
 
 
 @pytest.mark.slow
-def test_lora_under_fsdp_matches_one_process_and_writes_adapter_and_merged_model(tmp_path, tokenizer_dir, instruction_records):
+def test_lora_under_fsdp_matches_one_process_and_writes_adapter_and_merged_model(
+    tmp_path, tokenizer_dir, instruction_records
+):
     from transformers import AutoModelForCausalLM
 
     data = tmp_path / "data.json"

@@ -14,21 +14,25 @@ from codeinstruct.data.packing import collate_padded
 from codeinstruct.data.records import InstructionRecord
 from codeinstruct.data.sft import tokenize_records
 from codeinstruct.modeling import load_model
-from codeinstruct.train.loop import accumulate_gradients, prepare_sft, train
+from codeinstruct.train.loop import train
+from codeinstruct.train.prepare import prepare_sft
+from codeinstruct.train.step import accumulate_gradients
 from tests.conftest import write_json
 
 
 def _recipe(tmp_path, data_file, tokenizer_dir, run="run", **train):
     cfg = dict(epochs=3, batch_size=2, lr=3e-3, precision="fp32", save_every=4, log_every=1)
     cfg.update(train)
-    return recipe_from_dict({
-        "name": "t",
-        "seed": 7,
-        "run_dir": str(tmp_path / run),
-        "model": {"source": "preset:tiny", "tokenizer": str(tokenizer_dir)},
-        "data": {"train": str(data_file), "max_length": 256, "packing": False},
-        "train": cfg,
-    })
+    return recipe_from_dict(
+        {
+            "name": "t",
+            "seed": 7,
+            "run_dir": str(tmp_path / run),
+            "model": {"source": "preset:tiny", "tokenizer": str(tokenizer_dir)},
+            "data": {"train": str(data_file), "max_length": 256, "packing": False},
+            "train": cfg,
+        }
+    )
 
 
 def _weights(run_dir):
@@ -58,7 +62,7 @@ def test_accumulated_gradient_equals_one_big_batch(tokenizer, eight_records):
     model.zero_grad()
     for e in examples:
         b = collate_padded([e], 0)
-        from codeinstruct.train.loop import batch_loss_sum
+        from codeinstruct.train.step import batch_loss_sum
 
         (batch_loss_sum(model, b, None) / b.n_targets / len(examples)).backward()
     assert not all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(model.parameters(), big))
@@ -71,7 +75,12 @@ def test_run_folder_and_determinism(tmp_path, tokenizer_dir, eight_records):
     run = tmp_path / "a"
     assert {"config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "final"} <= {p.name for p in run.iterdir()}
     assert sorted(p.name for p in (run / "final").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, res.steps + 1)) and res.steps == 12
     assert metrics[-1]["loss"] < metrics[0]["loss"]
@@ -110,8 +119,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tokenizer_dir, eight_r
     killed = _recipe(tmp_path, data, tokenizer_dir, "killed", **kw)
     recipe_file = tmp_path / "killed.yaml"
     recipe_file.write_text(killed.to_yaml())
-    proc = subprocess.Popen([sys.executable, "-m", "codeinstruct", "finetune", str(recipe_file)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codeinstruct", "finetune", str(recipe_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not (ckpts.exists() and any(p.name == "step-8" for p in ckpts.iterdir())):
@@ -159,8 +172,12 @@ def test_ctrl_c_checkpoints_then_resume_finishes(tmp_path, tokenizer_dir, eight_
     recipe = _recipe(tmp_path, data, tokenizer_dir, "int", epochs=20, batch_size=1, save_every=0)
     recipe_file = tmp_path / "int.yaml"
     recipe_file.write_text(recipe.to_yaml())
-    proc = subprocess.Popen([sys.executable, "-m", "codeinstruct", "finetune", str(recipe_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codeinstruct", "finetune", str(recipe_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = tmp_path / "int" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):

@@ -9,7 +9,8 @@ from codeinstruct.config import load_recipe
 from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.generate import generate_response
 from codeinstruct.infer.sampling import SamplingParams
-from codeinstruct.train.loop import prepare_sft, train
+from codeinstruct.train.loop import train
+from codeinstruct.train.prepare import prepare_sft
 from tests.conftest import write_json
 
 
@@ -23,13 +24,30 @@ def test_lora_learns_the_responses_and_the_merged_model_is_the_same(tmp_path, cl
     code, _, err = cli("tokenizer", "train", data, "-o", tmp_path / "tok", "--vocab-size", 400)
     assert code == 0, err
     path = tmp_path / "lora.yaml"
-    path.write_text(json.dumps({
-        "name": "lora", "seed": 0, "run_dir": str(tmp_path / "run"),
-        "model": {"source": "preset:tiny", "tokenizer": str(tmp_path / "tok"), "method": "lora",
-                  "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
-        "data": {"train": str(data), "max_length": 256, "packing": True},
-        "train": {"epochs": 150, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.05, "precision": "fp32", "log_every": 10},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "name": "lora",
+                "seed": 0,
+                "run_dir": str(tmp_path / "run"),
+                "model": {
+                    "source": "preset:tiny",
+                    "tokenizer": str(tmp_path / "tok"),
+                    "method": "lora",
+                    "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+                },
+                "data": {"train": str(data), "max_length": 256, "packing": True},
+                "train": {
+                    "epochs": 150,
+                    "batch_size": 4,
+                    "lr": 1e-2,
+                    "warmup_ratio": 0.05,
+                    "precision": "fp32",
+                    "log_every": 10,
+                },
+            }
+        )
+    )
     recipe = load_recipe(path)
     result = train(recipe, prepare_sft(recipe))
     run = tmp_path / "run"
@@ -52,10 +70,12 @@ def test_lora_learns_the_responses_and_the_merged_model_is_the_same(tmp_path, cl
     with_adapter = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
     for r in records:
         ids = torch.tensor([merged.tokenizer(_prompt(r), add_special_tokens=False)["input_ids"]])
-        a = with_adapter.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
-                                  do_sample=False, pad_token_id=0)
-        b = merged.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
-                                  pad_token_id=0)
+        a = with_adapter.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False, pad_token_id=0
+        )
+        b = merged.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False, pad_token_id=0
+        )
         assert a.tolist() == b.tolist()
 
 

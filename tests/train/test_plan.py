@@ -11,7 +11,12 @@ def test_the_cards_recipe_fits_on_8_gpus_and_only_lora_fits_on_one(cli):
     assert code == 0, err
     report = json.loads(out)
     assert report["gpus"] == 8 and abs(report["parameters"] / 15.5e9 - 1) < 0.01
-    assert report["recipe"] == {"method": "full", "activation_checkpointing": True, "total_gib": report["recipe"]["total_gib"], "fits": True}
+    assert report["recipe"] == {
+        "method": "full",
+        "activation_checkpointing": True,
+        "total_gib": report["recipe"]["total_gib"],
+        "fits": True,
+    }
     assert 25 < report["recipe"]["total_gib"] < 60  # 16 bytes/param over 8 GPUs is 29 GiB before activations
     code, out, err = cli("plan", "starcoder-gpteacher", "--gpus", "1")
     assert code == 0, err

@@ -135,8 +135,15 @@ def _next_same(prev: np.ndarray) -> np.ndarray:
     return following
 
 
-def _trimmed(run: Run, query: TokenView, prev: np.ndarray, following: np.ndarray, same_text: np.ndarray,
-             q_lo: int, min_tokens: int) -> Run:
+def _trimmed(
+    run: Run,
+    query: TokenView,
+    prev: np.ndarray,
+    following: np.ndarray,
+    same_text: np.ndarray,
+    q_lo: int,
+    min_tokens: int,
+) -> Run:
     """The run cut to whole query lines and stripped of end lines without evidence (see the module
     docstring), when enough is left of it."""
     start, end = run.q_start, run.q_end
@@ -180,10 +187,17 @@ def _trimmed(run: Run, query: TokenView, prev: np.ndarray, following: np.ndarray
         # argument; keep it cut to whole lines, or as aligned.
         start, end = whole_lines if whole_lines[1] - whole_lines[0] >= min_tokens else (run.q_start, run.q_end)
     shift = start - run.q_start
-    return Run(start, end, run.d_start + shift, run.d_start + shift + end - start,
-               bool(same_text[start - q_lo : end - q_lo].all()))
+    return Run(
+        start,
+        end,
+        run.d_start + shift,
+        run.d_start + shift + end - start,
+        bool(same_text[start - q_lo : end - q_lo].all()),
+    )
 
 
 def _run(start: int, end: int, q_lo: int, diagonal: int, same_text: np.ndarray) -> Run:
     start, end = int(start), int(end)
-    return Run(q_lo + start, q_lo + end, q_lo + start + diagonal, q_lo + end + diagonal, bool(same_text[start:end].all()))
+    return Run(
+        q_lo + start, q_lo + end, q_lo + start + diagonal, q_lo + end + diagonal, bool(same_text[start:end].all())
+    )

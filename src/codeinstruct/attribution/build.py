@@ -73,7 +73,6 @@ class IndexSummary:
         return self.index_bytes / max(self.corpus_bytes, 1)
 
 
-
 # One document processed: its stored chunks, their first lines, fingerprint keys, their positions, its tokens.
 _Processed = tuple[list[bytes], list[int], np.ndarray, np.ndarray, int]
 
@@ -309,7 +308,6 @@ class _Builder:
         }
 
 
-
 def build_index(
     sources: Iterable[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -339,8 +337,9 @@ def build_index(
             raise CodeinstructError(f"{out}: no index to add to (leave out --add to create one)")
         base = AttributionIndex.open(out)
         if min_tokens is not None and min_tokens != base.min_tokens:
-            raise CodeinstructError(f"{out}: was built with --min-tokens {base.min_tokens}; "
-                                    f"cannot add with {min_tokens}")
+            raise CodeinstructError(
+                f"{out}: was built with --min-tokens {base.min_tokens}; cannot add with {min_tokens}"
+            )
         min_tokens = base.min_tokens
     elif out.exists():
         raise CodeinstructError(f"{out}: already exists; add to it with --add, or choose another path")
@@ -416,8 +415,9 @@ def _build(sources, tmp: Path, base, min_tokens, include, max_file_bytes, worker
                 return
             if pool is None and workers > 1:
                 context = multiprocessing.get_context("spawn")
-                pool = context.Pool(workers, initializer=_init_worker,
-                                    initargs=(builder.k, builder.w, builder.dictionary))
+                pool = context.Pool(
+                    workers, initializer=_init_worker, initargs=(builder.k, builder.w, builder.dictionary)
+                )
             if pool is None:
                 pending.append((texts, _Done(processor(batch))))
             else:

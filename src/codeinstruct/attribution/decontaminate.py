@@ -21,6 +21,7 @@ from codeinstruct.errors import CodeinstructError
 
 __all__ = ["BENCHMARKS", "BenchmarkProblem", "ContaminationReport", "check_benchmark", "humaneval_problems"]
 
+
 @dataclass(frozen=True)
 class BenchmarkProblem:
     task_id: str
@@ -73,5 +74,6 @@ def check_benchmark(index: AttributionIndex, benchmark: str, min_tokens: int | N
         report = index.check(problem.code, min_tokens=min_tokens, language="Python")
         if report.matches:
             overlapping.append((problem.task_id, report))
-    return ContaminationReport(benchmark.lower(), len(problems), overlapping,
-                               report.min_tokens if report is not None else index.min_tokens)
+    return ContaminationReport(
+        benchmark.lower(), len(problems), overlapping, report.min_tokens if report is not None else index.min_tokens
+    )

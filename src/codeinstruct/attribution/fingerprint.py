@@ -49,7 +49,9 @@ _BASE = _U64(0x9E3779B97F4A7C15)  # odd: the polynomial's multiplier
 _EXACT_BASE = _U64(0xC2B2AE3D27D4EB4F)  # another one for exact k-grams, a hash space of their own
 _REPEAT = _U64(0xD6E8FEB86659FD93)  # weight of a back-reference distance
 _KIND_CODE = np.array([0, 0x5851F42D4C957F2D, 0x14057B7EF767814F], dtype=np.uint64)  # OTHER unused, NAME, LITERAL
-_ROLE_CODE = np.array([0, 0x2545F4914F6CDD1D, 0x61C8864680B583EB], dtype=np.uint64)  # plain, attribute, (keyword argument)
+_ROLE_CODE = np.array(
+    [0, 0x2545F4914F6CDD1D, 0x61C8864680B583EB], dtype=np.uint64
+)  # plain, attribute, (keyword argument)
 _MAX_PERIOD = 10
 KEY_BITS = 40  # an indexed fingerprint is the top 40 bits of a k-gram hash
 
@@ -95,8 +97,10 @@ def _roles(view: TokenView) -> np.ndarray:
     if n >= 3:
         keyword_argument = (
             (view.kinds[1:-1] == NAME)
-            & other[2:] & (view.hashes[2:] == _ASSIGN)
-            & other[:-2] & np.isin(view.hashes[:-2], _BEFORE_KEYWORD)
+            & other[2:]
+            & (view.hashes[2:] == _ASSIGN)
+            & other[:-2]
+            & np.isin(view.hashes[:-2], _BEFORE_KEYWORD)
         )
         roles[1:-1][keyword_argument] = 2
     return roles

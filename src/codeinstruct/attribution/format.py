@@ -43,14 +43,43 @@ ARRAYS = ("bloom", "keys_hi", "keys_lo", "postings", "texts", "chunks", "documen
 FILES = frozenset({f"{name}.npy" for name in ARRAYS} | {VIEWS_FILE, DICTIONARY_FILE, PATHS_FILE, STRINGS_FILE})
 
 # Keys every manifest has; "files" maps each name in FILES to {"bytes": size, "xxh3_64": file_checksum}.
-MANIFEST_KEYS = ("min_tokens", "k", "window", "chunk_tokens", "bloom_probes", "documents", "texts", "postings",
-                 "corpus_bytes", "languages", "scanners", "files")
+MANIFEST_KEYS = (
+    "min_tokens",
+    "k",
+    "window",
+    "chunk_tokens",
+    "bloom_probes",
+    "documents",
+    "texts",
+    "postings",
+    "corpus_bytes",
+    "languages",
+    "scanners",
+    "files",
+)
 
 # Rows of documents.npy, texts.npy and chunks.npy.
-DOCUMENT_ROW = np.dtype([("text", "<u4"), ("repo", "<u4"), ("license", "<u4"), ("language", "<u4"),
-                         ("path_start", "<u8"), ("path_end", "<u8")])
-TEXT_ROW = np.dtype([("first_token", "<u8"), ("tokens", "<u4"), ("first_chunk", "<u4"), ("chunks", "<u4"),
-                     ("first_document", "<u4"), ("documents", "<u4"), ("content_hash", "V16")])
+DOCUMENT_ROW = np.dtype(
+    [
+        ("text", "<u4"),
+        ("repo", "<u4"),
+        ("license", "<u4"),
+        ("language", "<u4"),
+        ("path_start", "<u8"),
+        ("path_end", "<u8"),
+    ]
+)
+TEXT_ROW = np.dtype(
+    [
+        ("first_token", "<u8"),
+        ("tokens", "<u4"),
+        ("first_chunk", "<u4"),
+        ("chunks", "<u4"),
+        ("first_document", "<u4"),
+        ("documents", "<u4"),
+        ("content_hash", "V16"),
+    ]
+)
 CHUNK_ROW = np.dtype([("start", "<u8"), ("end", "<u8"), ("first_line", "<u4")])
 
 

@@ -74,8 +74,16 @@ class _Candidate:
 class AttributionIndex:
     """An index opened for reading; see the module docstring. Use ``AttributionIndex.open(path)``."""
 
-    def __init__(self, path: Path, manifest: dict, arrays: dict[str, np.ndarray], views: mmap.mmap | None,
-                 paths: mmap.mmap | None, strings: dict[str, list], dictionary: bytes):
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        arrays: dict[str, np.ndarray],
+        views: mmap.mmap | None,
+        paths: mmap.mmap | None,
+        strings: dict[str, list],
+        dictionary: bytes,
+    ):
         self.path = path
         self.manifest = manifest
         self.min_tokens: int = manifest["min_tokens"]
@@ -137,8 +145,10 @@ class AttributionIndex:
             raise CodeinstructError(f"{where}: not a codeinstruct attribution index manifest")
         version = manifest.get("version")
         if version != VERSION:
-            raise CodeinstructError(f"{where}: index format version {version!r}; this codeinstruct reads version "
-                                    f"{VERSION}, rebuild the index")
+            raise CodeinstructError(
+                f"{where}: index format version {version!r}; this codeinstruct reads version "
+                f"{VERSION}, rebuild the index"
+            )
         missing = [key for key in MANIFEST_KEYS if key not in manifest]
         if missing:
             raise CodeinstructError(f"{where}: missing {', '.join(missing)}; rebuild the index")
@@ -147,12 +157,18 @@ class AttributionIndex:
         except (TypeError, ValueError):
             params = None
         probes = manifest["bloom_probes"]
-        if (params != (manifest["k"], manifest["window"]) or manifest["chunk_tokens"] != CHUNK_TOKENS
-                or not isinstance(probes, int) or not 1 <= probes <= 64):
-            raise CodeinstructError(f"{where}: parameters (min_tokens {manifest['min_tokens']}, k {manifest['k']}, "
-                                    f"window {manifest['window']}, chunks of {manifest['chunk_tokens']}, "
-                                    f"{probes!r} Bloom probes) are not ones this codeinstruct writes; "
-                                    "rebuild the index")
+        if (
+            params != (manifest["k"], manifest["window"])
+            or manifest["chunk_tokens"] != CHUNK_TOKENS
+            or not isinstance(probes, int)
+            or not 1 <= probes <= 64
+        ):
+            raise CodeinstructError(
+                f"{where}: parameters (min_tokens {manifest['min_tokens']}, k {manifest['k']}, "
+                f"window {manifest['window']}, chunks of {manifest['chunk_tokens']}, "
+                f"{probes!r} Bloom probes) are not ones this codeinstruct writes; "
+                "rebuild the index"
+            )
         files = manifest["files"]
         if not isinstance(files, dict) or not FILES <= files.keys():
             raise CodeinstructError(f"{where}: file list incomplete; rebuild the index")
@@ -164,11 +180,14 @@ class AttributionIndex:
                 raise CodeinstructError(f"{file}: missing; the index is incomplete, rebuild it") from None
             if not isinstance(meta, dict) or size != meta.get("bytes"):
                 expected_size = meta.get("bytes") if isinstance(meta, dict) else None
-                raise CodeinstructError(f"{file}: {size} bytes, the manifest says {expected_size}; the index is "
-                                        "corrupted or mixed with another one, rebuild it")
+                raise CodeinstructError(
+                    f"{file}: {size} bytes, the manifest says {expected_size}; the index is "
+                    "corrupted or mixed with another one, rebuild it"
+                )
             if verify and file_checksum(file) != meta.get("xxh3_64"):
-                raise CodeinstructError(f"{file}: checksum does not match the manifest; the index is corrupted, "
-                                        "rebuild it")
+                raise CodeinstructError(
+                    f"{file}: checksum does not match the manifest; the index is corrupted, rebuild it"
+                )
 
     def _check_shapes(self) -> None:
         m = self.manifest
@@ -183,8 +202,9 @@ class AttributionIndex:
         if (int(self.chunks["end"][-1]) if len(self.chunks) else 0) != views:
             problems.append("stored views")
         if problems:
-            raise CodeinstructError(f"{self.path}: sizes of {', '.join(problems)} disagree with the manifest; "
-                                    "rebuild the index")
+            raise CodeinstructError(
+                f"{self.path}: sizes of {', '.join(problems)} disagree with the manifest; rebuild the index"
+            )
 
     def close(self) -> None:
         """Release the memory maps (optional: they also go when the index is garbage-collected)."""
@@ -224,8 +244,9 @@ class AttributionIndex:
 
     # ------------------------------------------------------------ queries
 
-    def check(self, code: str, min_tokens: int | None = None, language: str | None = None,
-              max_verified: int = 32) -> AttributionReport:
+    def check(
+        self, code: str, min_tokens: int | None = None, language: str | None = None, max_verified: int = 32
+    ) -> AttributionReport:
         """Every verified span of ``min_tokens`` or more tokens that ``code`` shares with the corpus.
 
         ``language`` picks the lexer for the code (a corpus language name such as "Python");
@@ -255,8 +276,10 @@ class AttributionIndex:
         if min_tokens is None:
             return self.min_tokens
         if min_tokens < self.min_tokens:
-            raise CodeinstructError(f"{self.path}: this index finds spans of {self.min_tokens} tokens or more "
-                                    f"(--min-tokens {min_tokens} asked); rebuild it with --min-tokens {min_tokens}")
+            raise CodeinstructError(
+                f"{self.path}: this index finds spans of {self.min_tokens} tokens or more "
+                f"(--min-tokens {min_tokens} asked); rebuild it with --min-tokens {min_tokens}"
+            )
         return min_tokens
 
     def _scanners_for(self, language: str | None):
@@ -328,10 +351,12 @@ class AttributionIndex:
         found: list[tuple[int, Run]] = []
         verified = 0
         for candidate in candidates:
-            query_positions = np.fromiter((i for key in candidate.keys.tolist() for i in positions[key]),
-                                          dtype=np.int64)
-            if (covered_verbatim[query_positions].all()
-                    or (verified >= _RENAMED_RECHECKS and covered[query_positions].all())):
+            query_positions = np.fromiter(
+                (i for key in candidate.keys.tolist() for i in positions[key]), dtype=np.int64
+            )
+            if covered_verbatim[query_positions].all() or (
+                verified >= _RENAMED_RECHECKS and covered[query_positions].all()
+            ):
                 continue  # nothing here that verified spans do not already attribute
             if verified >= max_verified:
                 break
@@ -350,8 +375,14 @@ class AttributionIndex:
             spans.append(self._span(query, text, run, copies))
         return spans
 
-    def _verify(self, query: TokenView, query_prev: np.ndarray, candidate: _Candidate,
-                positions: dict[int, list[int]], min_tokens: int) -> list[Run]:
+    def _verify(
+        self,
+        query: TokenView,
+        query_prev: np.ndarray,
+        candidate: _Candidate,
+        positions: dict[int, list[int]],
+        min_tokens: int,
+    ) -> list[Run]:
         """The verified runs between the query and one candidate text."""
         n_query, n_source = len(query), int(self.texts[candidate.text]["tokens"])
         seeds: collections.Counter[int] = collections.Counter()
@@ -403,8 +434,9 @@ class AttributionIndex:
         try:
             view = decode_view(decompressor.decompress(blob).decode("utf-8", "surrogatepass"))
         except (zstandard.ZstdError, UnicodeDecodeError, ValueError, KeyError, IndexError) as e:
-            raise CodeinstructError(f"{self.path}: stored chunk {chunk} is unreadable ({e}); "
-                                    "rebuild the index") from None
+            raise CodeinstructError(
+                f"{self.path}: stored chunk {chunk} is unreadable ({e}); rebuild the index"
+            ) from None
         return view.shifted(int(row["first_line"]) - 1)
 
 

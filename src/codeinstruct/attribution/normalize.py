@@ -136,8 +136,13 @@ class TokenView:
         return len(self.kinds)
 
     def slice(self, start: int, end: int) -> TokenView:
-        return TokenView(self.kinds[start:end], self.hashes[start:end], self.lines[start:end],
-                         self.end_lines[start:end], self.sizes[start:end])
+        return TokenView(
+            self.kinds[start:end],
+            self.hashes[start:end],
+            self.lines[start:end],
+            self.end_lines[start:end],
+            self.sizes[start:end],
+        )
 
     def shifted(self, lines: int) -> TokenView:
         return TokenView(self.kinds, self.hashes, self.lines + lines, self.end_lines + lines, self.sizes)
@@ -146,7 +151,12 @@ class TokenView:
     def concatenate(views: list[TokenView]) -> TokenView:
         if len(views) == 1:
             return views[0]
-        return TokenView(*(np.concatenate([getattr(v, f) for v in views]) for f in ("kinds", "hashes", "lines", "end_lines", "sizes")))
+        return TokenView(
+            *(
+                np.concatenate([getattr(v, f) for v in views])
+                for f in ("kinds", "hashes", "lines", "end_lines", "sizes")
+            )
+        )
 
 
 def view_of(tokens: Tokens) -> TokenView:
@@ -169,8 +179,13 @@ def encode_view(tokens: Tokens) -> str:
         return ""
     out = [_PREFIXES[kind] + text for kind, text in zip(kinds, texts)]
     hashed = set(tokens.multiline)
-    hashed.update(i for i in np.flatnonzero(np.fromiter(map(len, out), dtype=np.int64, count=len(out)) > _MAX_STORED_LITERAL + 1).tolist()
-                  if kinds[i] == LITERAL)
+    hashed.update(
+        i
+        for i in np.flatnonzero(
+            np.fromiter(map(len, out), dtype=np.int64, count=len(out)) > _MAX_STORED_LITERAL + 1
+        ).tolist()
+        if kinds[i] == LITERAL
+    )
     if tokens.unsafe is None:
         hashed.update(i for i, text in enumerate(texts) if _SEP in text or text[:1] in _AMBIGUOUS)
     else:
@@ -323,35 +338,167 @@ _GENERIC_PATTERN = r"""
 | .
 """
 
-_C_FAMILY_KEYWORDS = frozenset({
-    "abstract", "alignas", "alignof", "and", "as", "asm", "assert", "async", "auto", "await",
-    "bool", "break", "byte", "case", "catch", "char", "chan", "class", "const", "const_cast",
-    "constexpr", "continue", "co_await", "co_return", "co_yield", "decltype", "default", "defer",
-    "delete", "do", "double", "dynamic_cast", "else", "enum", "explicit", "export", "extends",
-    "extern", "false", "final", "finally", "float", "for", "foreach", "friend", "fun", "func",
-    "function", "go", "goto", "if", "implements", "import", "in", "inline", "instanceof", "int",
-    "interface", "internal", "is", "let", "long", "map", "module", "mutable", "namespace", "native",
-    "new", "noexcept", "null", "nullptr", "object", "operator", "out", "override", "package",
-    "private", "protected", "public", "range", "readonly", "register", "reinterpret_cast", "return",
-    "sealed", "select", "short", "signed", "sizeof", "static", "static_assert", "static_cast",
-    "struct", "super", "switch", "synchronized", "template", "this", "throw", "throws", "transient",
-    "true", "try", "type", "typedef", "typeid", "typename", "typeof", "union", "unsigned", "using",
-    "val", "var", "virtual", "void", "volatile", "when", "where", "while", "with", "yield",
-})
+_C_FAMILY_KEYWORDS = frozenset(
+    {
+        "abstract",
+        "alignas",
+        "alignof",
+        "and",
+        "as",
+        "asm",
+        "assert",
+        "async",
+        "auto",
+        "await",
+        "bool",
+        "break",
+        "byte",
+        "case",
+        "catch",
+        "char",
+        "chan",
+        "class",
+        "const",
+        "const_cast",
+        "constexpr",
+        "continue",
+        "co_await",
+        "co_return",
+        "co_yield",
+        "decltype",
+        "default",
+        "defer",
+        "delete",
+        "do",
+        "double",
+        "dynamic_cast",
+        "else",
+        "enum",
+        "explicit",
+        "export",
+        "extends",
+        "extern",
+        "false",
+        "final",
+        "finally",
+        "float",
+        "for",
+        "foreach",
+        "friend",
+        "fun",
+        "func",
+        "function",
+        "go",
+        "goto",
+        "if",
+        "implements",
+        "import",
+        "in",
+        "inline",
+        "instanceof",
+        "int",
+        "interface",
+        "internal",
+        "is",
+        "let",
+        "long",
+        "map",
+        "module",
+        "mutable",
+        "namespace",
+        "native",
+        "new",
+        "noexcept",
+        "null",
+        "nullptr",
+        "object",
+        "operator",
+        "out",
+        "override",
+        "package",
+        "private",
+        "protected",
+        "public",
+        "range",
+        "readonly",
+        "register",
+        "reinterpret_cast",
+        "return",
+        "sealed",
+        "select",
+        "short",
+        "signed",
+        "sizeof",
+        "static",
+        "static_assert",
+        "static_cast",
+        "struct",
+        "super",
+        "switch",
+        "synchronized",
+        "template",
+        "this",
+        "throw",
+        "throws",
+        "transient",
+        "true",
+        "try",
+        "type",
+        "typedef",
+        "typeid",
+        "typename",
+        "typeof",
+        "union",
+        "unsigned",
+        "using",
+        "val",
+        "var",
+        "virtual",
+        "void",
+        "volatile",
+        "when",
+        "where",
+        "while",
+        "with",
+        "yield",
+    }
+)
 
 _PYTHON = _RegexScanner("python", _PYTHON_PATTERN, frozenset(keyword.kwlist), ("#",), "\"'")
 _C_FAMILY = _RegexScanner("c-family", _C_FAMILY_PATTERN, _C_FAMILY_KEYWORDS, ("//", "/*"), "\"'`")
 _GENERIC = _RegexScanner("generic", _GENERIC_PATTERN, frozenset(), (), "\"'")
 
 _PYTHON_LANGUAGES = frozenset({"python", "cython"})
-_C_FAMILY_LANGUAGES = frozenset({
-    "c", "c++", "cuda", "c#", "objective-c", "objective-c++", "java", "kotlin", "scala", "groovy",
-    "javascript", "typescript", "go", "swift", "dart",
-})
+_C_FAMILY_LANGUAGES = frozenset(
+    {
+        "c",
+        "c++",
+        "cuda",
+        "c#",
+        "objective-c",
+        "objective-c++",
+        "java",
+        "kotlin",
+        "scala",
+        "groovy",
+        "javascript",
+        "typescript",
+        "go",
+        "swift",
+        "dart",
+    }
+)
 # corpus.py's language names that Pygments spells differently.
 _PYGMENTS_ALIASES = {
-    "shell": "bash", "batchfile": "batch", "protocol buffer": "protobuf", "visual basic": "vbnet",
-    "makefile": "make", "f#": "fsharp", "assembly": "nasm", "vue": "html", "svelte": "html",
+    "shell": "bash",
+    "batchfile": "batch",
+    "protocol buffer": "protobuf",
+    "visual basic": "vbnet",
+    "makefile": "make",
+    "f#": "fsharp",
+    "assembly": "nasm",
+    "vue": "html",
+    "svelte": "html",
 }
 
 

@@ -74,7 +74,9 @@ def _overlap(a: tuple[int, int], b: tuple[int, int]) -> int:
     return max(0, min(a[1], b[1]) - max(a[0], b[0]) + 1)
 
 
-def assemble(spans: Sequence[SourceSpan], documents_of: Callable[[int], Sequence[DocumentInfo]], min_tokens: int) -> AttributionReport:
+def assemble(
+    spans: Sequence[SourceSpan], documents_of: Callable[[int], Sequence[DocumentInfo]], min_tokens: int
+) -> AttributionReport:
     """Group spans into matches; documents_of(text) lists the documents holding that text."""
     groups: list[tuple[SourceSpan, dict[int, SourceSpan]]] = []
     for span in sorted(spans, key=lambda s: (not s.verbatim, -s.tokens, s.text, s.query_lines)):
@@ -95,16 +97,18 @@ def assemble(spans: Sequence[SourceSpan], documents_of: Callable[[int], Sequence
             for repo, path, license in documents:
                 licensed[(repo, path)] = license or UNKNOWN_LICENSE
         repo, path, license = documents_of(representative.text)[0]
-        matches.append(Match(
-            repo=repo,
-            path=path,
-            license=license,
-            source_lines=representative.source_lines,
-            query_lines=representative.query_lines,
-            tokens=representative.tokens,
-            kind="verbatim" if representative.verbatim else "renamed",
-            copies=copies,
-        ))
+        matches.append(
+            Match(
+                repo=repo,
+                path=path,
+                license=license,
+                source_lines=representative.source_lines,
+                query_lines=representative.query_lines,
+                tokens=representative.tokens,
+                kind="verbatim" if representative.verbatim else "renamed",
+                copies=copies,
+            )
+        )
     matches.sort(key=lambda m: (m.query_lines, -m.tokens))
     counts = collections.Counter(licensed.values())
     licenses = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

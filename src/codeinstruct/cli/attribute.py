@@ -15,17 +15,26 @@ from codeinstruct.errors import CodeinstructError
 
 # ---------------------------------------------------------------- attribute
 
-attribute_app = typer.Typer(help="Find where generated code came from: repository, path, license and lines.", no_args_is_help=True)
+attribute_app = typer.Typer(
+    help="Find where generated code came from: repository, path, license and lines.", no_args_is_help=True
+)
 
 
 @attribute_app.command("index")
 def attribute_index(
-    sources: Annotated[list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")],
+    sources: Annotated[
+        list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="the index directory to write")],
     add: Annotated[bool, typer.Option("--add", help="add the documents to the index already at --out")] = False,
-    include: Annotated[list[str] | None, typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable")] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable"),
+    ] = None,
     max_file_bytes: Annotated[int, typer.Option(min=1, help="skip files larger than this")] = 1_000_000,
-    min_tokens: Annotated[int | None, typer.Option(min=8, help="shortest shared span the index guarantees to find (default 50)")] = None,
+    min_tokens: Annotated[
+        int | None, typer.Option(min=8, help="shortest shared span the index guarantees to find (default 50)")
+    ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="processes (default: one per CPU)")] = None,
 ):
     """Index a code corpus for attribution: token views, a Bloom filter and winnowed fingerprints."""
@@ -42,11 +51,23 @@ def attribute_index(
     from codeinstruct.attribution import build_index
 
     # On stderr, like `corpus stats`, so that stdout holds only the result; none when stderr is not a terminal.
-    columns = (SpinnerColumn(), TextColumn("{task.fields[documents]:,} documents"), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.fields[documents]:,} documents"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         task = progress.add_task("indexing", total=None, documents=0)
         summary = build_index(
-            sources, out, add=add, include=include or None, max_file_bytes=max_file_bytes, min_tokens=min_tokens, workers=workers,
+            sources,
+            out,
+            add=add,
+            include=include or None,
+            max_file_bytes=max_file_bytes,
+            min_tokens=min_tokens,
+            workers=workers,
             progress=lambda done, documents: progress.update(task, completed=done, documents=documents),
         )
     held = f"{summary.documents:,} documents ({summary.texts:,} distinct, {decimal(summary.corpus_bytes)})"
@@ -54,7 +75,8 @@ def attribute_index(
     console.print(
         f"{what}: {decimal(summary.index_bytes)}, {summary.size_ratio:.1%} of the corpus; "
         f"finds every shared span of {summary.min_tokens} tokens or more",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -64,7 +86,9 @@ def _print_matches(report, prefix: str = "") -> None:
         console.print(
             f"{prefix}lines {m.query_lines[0]}-{m.query_lines[1]}  {m.kind}  {m.tokens} tokens  "
             f"{m.repo} {m.path}:{m.source_lines[0]}-{m.source_lines[1]}  {m.license or 'license unknown'}  ({copies})",
-            markup=False, highlight=False, soft_wrap=True,
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -74,7 +98,10 @@ def attribute_check(
     file: Annotated[str | None, typer.Argument(help="the code to check: a file, or - for standard input")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     min_tokens: Annotated[int | None, typer.Option(help="shortest span to report (default: the index's, 50)")] = None,
-    language: Annotated[str | None, typer.Option(help="language of the code, e.g. Python (default: the file's, else every language indexed)")] = None,
+    language: Annotated[
+        str | None,
+        typer.Option(help="language of the code, e.g. Python (default: the file's, else every language indexed)"),
+    ] = None,
     benchmark: Annotated[str | None, typer.Option(help="check a benchmark's problems instead: humaneval")] = None,
 ):
     """Where code came from: every span of --min-tokens or more tokens shared with the index, verbatim or renamed."""
@@ -93,12 +120,17 @@ def attribute_check(
         if as_json:
             print(json.dumps(result.as_dict()))
             return
-        console.print(f"{result.benchmark}: {len(result.overlapping)} of {result.problems} problems overlap the index "
-                      f"(spans of {result.min_tokens} tokens or more)", highlight=False)
+        console.print(
+            f"{result.benchmark}: {len(result.overlapping)} of {result.problems} problems overlap the index "
+            f"(spans of {result.min_tokens} tokens or more)",
+            highlight=False,
+        )
         for task_id, report in result.overlapping:
             _print_matches(report, prefix=f"{task_id}: ")
         if result.licenses:
-            console.print("licenses: " + ", ".join(f"{name} {n}" for name, n in result.licenses.items()), highlight=False)
+            console.print(
+                "licenses: " + ", ".join(f"{name} {n}" for name, n in result.licenses.items()), highlight=False
+            )
         return
     if file == "-":
         code = sys.stdin.read()
@@ -108,7 +140,7 @@ def attribute_check(
         except (OSError, UnicodeDecodeError) as e:
             raise CodeinstructError(f"{file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
         if language is None:
-            from codeinstruct.data.corpus import language_of
+            from codeinstruct.data.languages import language_of
 
             # The file's language when the index has it; otherwise read it as every indexed language.
             language = language_of(file) if language_of(file) in opened.manifest["languages"] else None
@@ -120,4 +152,6 @@ def attribute_check(
         console.print(f"no span of {report.min_tokens} or more tokens found in the index", highlight=False)
         return
     _print_matches(report)
-    console.print("licenses: " + ", ".join(f"{name} {n}" for name, n in report.licenses.items()), highlight=False, soft_wrap=True)
+    console.print(
+        "licenses: " + ", ".join(f"{name} {n}" for name, n in report.licenses.items()), highlight=False, soft_wrap=True
+    )

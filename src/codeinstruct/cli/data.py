@@ -100,10 +100,14 @@ def data_preview(
 
 @tokenizer_app.command("train")
 def tokenizer_train(
-    sources: Annotated[list[str], typer.Argument(help="code directories, corpus JSONL, builtin:stdlib, or instruction .json files")],
+    sources: Annotated[
+        list[str], typer.Argument(help="code directories, corpus JSONL, builtin:stdlib, or instruction .json files")
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="output directory")],
     vocab_size: Annotated[int, typer.Option(help="vocabulary size, special tokens included")] = 4096,
-    include: Annotated[Optional[list[str]], typer.Option(help="file globs to read from directories (default: source code)")] = None,
+    include: Annotated[
+        Optional[list[str]], typer.Option(help="file globs to read from directories (default: source code)")
+    ] = None,
 ):
     """Train a byte-level BPE tokenizer with StarCoder's 19 special tokens at ids 0-18."""
     from codeinstruct.data.corpus import read_corpus
@@ -137,23 +141,43 @@ corpus_app = typer.Typer(help="Read code corpora with repository, path, license 
 
 @corpus_app.command("stats")
 def corpus_stats(
-    sources: Annotated[list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")],
-    include: Annotated[Optional[list[str]], typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable")] = None,
+    sources: Annotated[
+        list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")
+    ],
+    include: Annotated[
+        Optional[list[str]],
+        typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable"),
+    ] = None,
     max_file_bytes: Annotated[int, typer.Option(min=1, help="skip files larger than this")] = 1_000_000,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ):
     """Count documents, bytes, skipped files by reason, languages and licenses of a code corpus."""
     from rich.filesize import decimal
-    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    from rich.progress import (
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     from codeinstruct.data.corpus import CorpusReport, iter_documents
 
     report = CorpusReport()
     # On stderr, so that --json output stays parseable.
-    columns = (SpinnerColumn(), TextColumn("{task.fields[documents]:,} documents"), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.fields[documents]:,} documents"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("reading", total=None, documents=0)
-        for n, _ in enumerate(iter_documents(sources, include=include or None, max_file_bytes=max_file_bytes, report=report)):
+        for n, _ in enumerate(
+            iter_documents(sources, include=include or None, max_file_bytes=max_file_bytes, report=report)
+        ):
             if n % 256 == 0:
                 progress.update(task, completed=report.bytes, documents=report.documents)
     if as_json:

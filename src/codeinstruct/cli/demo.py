@@ -16,13 +16,17 @@ from codeinstruct.cli.train import run_finetune, train_with_progress
 def demo(
     run_dir: Annotated[Path, typer.Option(help="where the demo's run folders go")] = Path("runs/demo"),
     examples: Annotated[int, typer.Option(help="held-out instructions to answer at the end")] = 3,
-    allow_code_execution: Annotated[bool, typer.Option(
-        "--allow-code-execution", help="also run a few HumanEval problems written by the model, in the sandbox")] = False,
+    allow_code_execution: Annotated[
+        bool,
+        typer.Option(
+            "--allow-code-execution", help="also run a few HumanEval problems written by the model, in the sandbox"
+        ),
+    ] = False,
 ):
     """The whole StarCoder path offline, in minutes on a CPU: a small GPTBigCode pretrained with FIM on the
     local Python stdlib, instruction-tuned, then answers, a filled gap, attribution and (opt-in) HumanEval."""
     from codeinstruct import demo as stages
-    from codeinstruct.train.loop import prepare_pretrain
+    from codeinstruct.train.prepare import prepare_pretrain
 
     stages.start_fresh(run_dir)
     console.rule("[bold]1/4 pretraining with Fill-in-the-Middle on the local standard library")
@@ -46,30 +50,45 @@ def demo(
         console.print(a.record.response, markup=False, highlight=False, style="dim")
     gap = stages.fill_gap(base, answers[0].record.response) if answers else None
     if gap is not None:
-        console.rule("Fill-in-the-Middle with the pretrained base (PSM): prefix | [green]middle[/] | suffix", style="bold")
+        console.rule(
+            "Fill-in-the-Middle with the pretrained base (PSM): prefix | [green]middle[/] | suffix", style="bold"
+        )
         console.print(escape(gap.prefix) + "[green]" + escape(gap.middle) + "[/]" + escape(gap.suffix), highlight=False)
 
     console.rule("[bold]4/4 trusting and evaluating it")
     with console.status("indexing the pretraining corpus (the local standard library) for attribution"):
         summary, reports = stages.attribute_answers(run_dir, [a.answer for a in answers])
-    console.print(f"attribution index: {summary.documents:,} documents, {summary.corpus_bytes / 1e6:.1f} MB -> "
-                  f"{summary.index_bytes / 1e6:.1f} MB in {run_dir / 'index'}")
+    console.print(
+        f"attribution index: {summary.documents:,} documents, {summary.corpus_bytes / 1e6:.1f} MB -> "
+        f"{summary.index_bytes / 1e6:.1f} MB in {run_dir / 'index'}"
+    )
     for i, report in enumerate(reports, 1):
         if not report.matches:
             console.print(f"answer {i}: no span of {report.min_tokens}+ tokens found in the corpus")
         for m in report.matches:
-            console.print(f"answer {i} lines {m.query_lines[0]}-{m.query_lines[1]}: {m.kind} copy ({m.tokens} tokens) of "
-                          f"{m.repo}/{m.path} lines {m.source_lines[0]}-{m.source_lines[1]}, license {m.license or 'unknown'}",
-                          highlight=False, soft_wrap=True)
+            console.print(
+                f"answer {i} lines {m.query_lines[0]}-{m.query_lines[1]}: {m.kind} copy ({m.tokens} tokens) of "
+                f"{m.repo}/{m.path} lines {m.source_lines[0]}-{m.source_lines[1]}, license {m.license or 'unknown'}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if allow_code_execution:
-        with console.status(f"writing HumanEval completions for {stages.HUMANEVAL_PROBLEMS} problems with the pretrained "
-                            "base and running them in the sandbox"):
+        with console.status(
+            f"writing HumanEval completions for {stages.HUMANEVAL_PROBLEMS} problems with the pretrained "
+            "base and running them in the sandbox"
+        ):
             score = stages.humaneval_in_sandbox(run_dir, base)
-        console.print(f"HumanEval (first {stages.HUMANEVAL_PROBLEMS} problems, base mode, greedy): pass@1 "
-                      f"{score.pass_at_k.get('pass@1', 0.0):.2f}; outcomes {dict(score.counts)}; "
-                      f"isolation: {score.isolation_detail}", highlight=False, soft_wrap=True)
+        console.print(
+            f"HumanEval (first {stages.HUMANEVAL_PROBLEMS} problems, base mode, greedy): pass@1 "
+            f"{score.pass_at_k.get('pass@1', 0.0):.2f}; outcomes {dict(score.counts)}; "
+            f"isolation: {score.isolation_detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
-        console.print("HumanEval: run `codeinstruct demo --allow-code-execution` (or `codeinstruct eval humaneval` then "
-                      "`eval score --allow-code-execution`) to execute model-written code in the sandbox")
+        console.print(
+            "HumanEval: run `codeinstruct demo --allow-code-execution` (or `codeinstruct eval humaneval` then "
+            "`eval score --allow-code-execution`) to execute model-written code in the sandbox"
+        )
     console.print(f"\nrun folders: {run_dir}/pretrain and {run_dir}/finetune  (metrics.jsonl, loss.png, final/)")
-    console.print(f"try: codeinstruct generate --model {result.final_dir} \"Write a Python function that ...\"")
+    console.print(f'try: codeinstruct generate --model {result.final_dir} "Write a Python function that ..."')

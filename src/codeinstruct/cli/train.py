@@ -26,7 +26,9 @@ class _ProgressObserver:
         self.task = None
 
     def start(self, total_steps: int, first_step: int) -> None:
-        self.task = self.progress.add_task(self.what, total=total_steps, completed=first_step, loss=float("nan"), tps=0.0)
+        self.task = self.progress.add_task(
+            self.what, total=total_steps, completed=first_step, loss=float("nan"), tps=0.0
+        )
 
     def step(self, metrics: dict) -> None:
         self.progress.update(self.task, completed=metrics["step"], loss=metrics["loss"], tps=metrics["tokens_per_s"])
@@ -36,7 +38,14 @@ class _ProgressObserver:
 
 
 def _progress(what: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -66,8 +75,13 @@ def train_with_progress(recipe, data, resume: bool, what: str):
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         with _progress(what) as progress:
-            result = train(recipe, data, resume=resume, observer=_ProgressObserver(progress, what),
-                           should_stop=lambda: stop["requested"])
+            result = train(
+                recipe,
+                data,
+                resume=resume,
+                observer=_ProgressObserver(progress, what),
+                should_stop=lambda: stop["requested"],
+            )
     finally:
         signal.signal(signal.SIGINT, previous)
     if result.interrupted:
@@ -81,7 +95,7 @@ def train_with_progress(recipe, data, resume: bool, what: str):
 
 
 def run_finetune(recipe, resume: bool):
-    from codeinstruct.train.loop import prepare_sft
+    from codeinstruct.train.prepare import prepare_sft
 
     quiet_libraries()
     with console.status("reading and tokenizing data"):
@@ -110,13 +124,15 @@ def finetune(
 
 @app.command("pretrain")
 def pretrain(
-    recipe: Annotated[str, typer.Argument(help="recipe YAML file, or the name of a bundled recipe (e.g. tiny-pretrain-cpu)")],
+    recipe: Annotated[
+        str, typer.Argument(help="recipe YAML file, or the name of a bundled recipe (e.g. tiny-pretrain-cpu)")
+    ],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. data.fim_rate=0.9")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run folder's latest checkpoint")] = False,
 ):
     """Causal-LM pretraining from scratch on a code corpus with Fill-in-the-Middle (PSM and SPM)."""
     from codeinstruct.config import load_recipe, recipe_path
-    from codeinstruct.train.loop import prepare_pretrain
+    from codeinstruct.train.prepare import prepare_pretrain
 
     recipe = load_recipe(recipe_path(recipe), overrides or [])
     quiet_libraries()
@@ -134,7 +150,10 @@ def pretrain(
 def plan_command(
     recipe: Annotated[str, typer.Argument(help="recipe YAML file, or the name of a bundled recipe")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. train.batch_size=2")] = None,
-    gpus: Annotated[Optional[int], typer.Option(min=1, help="GPUs sharing the model (default: the recipe's distributed.gpus, else 1)")] = None,
+    gpus: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="GPUs sharing the model (default: the recipe's distributed.gpus, else 1)"),
+    ] = None,
     gpu_mem: Annotated[float, typer.Option(min=1.0, help="memory per GPU in GiB")] = 80.0,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ):
@@ -147,19 +166,29 @@ def plan_command(
     if json_out:
         sys.stdout.write(json.dumps(p.as_dict(), indent=2) + "\n")
         return
-    console.print(f"{p.shape.description}: {p.shape.parameters / 1e9:.2f}B parameters; {p.gpus} GPU(s) x {gpu_mem:g} GiB; "
-                  f"micro-batch {p.micro_batch} x {p.max_length} tokens; LoRA rank {r.model.lora.r} "
-                  f"trains {p.shape.lora_parameters / 1e6:.1f}M")
+    console.print(
+        f"{p.shape.description}: {p.shape.parameters / 1e9:.2f}B parameters; {p.gpus} GPU(s) x {gpu_mem:g} GiB; "
+        f"micro-batch {p.micro_batch} x {p.max_length} tokens; LoRA rank {r.model.lora.r} "
+        f"trains {p.shape.lora_parameters / 1e6:.1f}M"
+    )
     table = Table(title="per-GPU memory, GiB (estimate; * = the recipe's settings)")
     for col in ("method", "ckpt", "params", "grads", "adam", "gather", "acts", "other", "total", "fits"):
         table.add_column(col, justify="left" if col in ("method", "ckpt", "fits") else "right")
     for e in p.estimates:
-        table.add_row(e.method + ("*" if e is p.chosen else ""), "on" if e.checkpointing else "off",
-                      *(f"{getattr(e, k) / GIB:.1f}" for k in ("parameters", "gradients", "optimizer", "buffers", "activations", "overhead", "total")),
-                      "[green]yes[/]" if p.fits(e) else "[red]no[/]")
+        table.add_row(
+            e.method + ("*" if e is p.chosen else ""),
+            "on" if e.checkpointing else "off",
+            *(
+                f"{getattr(e, k) / GIB:.1f}"
+                for k in ("parameters", "gradients", "optimizer", "buffers", "activations", "overhead", "total")
+            ),
+            "[green]yes[/]" if p.fits(e) else "[red]no[/]",
+        )
     console.print(table)
-    console.print(f"the recipe ({p.chosen.method}, activation checkpointing {'on' if p.chosen.checkpointing else 'off'}) "
-                  f"{'fits' if p.fits() else 'does NOT fit'}: {p.chosen.total / GIB:.1f} of {gpu_mem:g} GiB per GPU")
+    console.print(
+        f"the recipe ({p.chosen.method}, activation checkpointing {'on' if p.chosen.checkpointing else 'off'}) "
+        f"{'fits' if p.fits() else 'does NOT fit'}: {p.chosen.total / GIB:.1f} of {gpu_mem:g} GiB per GPU"
+    )
     if p.advice is not None:
         console.print(f"what fits: {p.advice}" if p.suggestion is not None else p.advice)
 
@@ -167,7 +196,10 @@ def plan_command(
 @app.command("card")
 def card(
     run_dir: Annotated[Path, typer.Argument(help="a finished run folder (runs/NAME)")],
-    eval_results: Annotated[Optional[list[Path]], typer.Option("--eval", help="results JSON of `eval score` or `eval leaderboard` (repeatable)")] = None,
+    eval_results: Annotated[
+        Optional[list[Path]],
+        typer.Option("--eval", help="results JSON of `eval score` or `eval leaderboard` (repeatable)"),
+    ] = None,
 ):
     """Write RUN_DIR/MODEL_CARD.md: the model, its training, and its scores."""
     from codeinstruct.card import write_model_card

@@ -35,8 +35,9 @@ def row_target_counts(examples: list[TokenizedExample], rows: list[list[int]]) -
     return [sum(per_example[i] for i in row) for row in rows]
 
 
-def collate_rows(examples: list[TokenizedExample], rows: list[list[int]], row_ids: list[int], packing: bool,
-                 pad_id: int) -> Batch:
+def collate_rows(
+    examples: list[TokenizedExample], rows: list[list[int]], row_ids: list[int], packing: bool, pad_id: int
+) -> Batch:
     """The rows `row_ids` as one batch."""
     if packing:
         return collate_packed([[examples[i] for i in rows[r]] for r in row_ids], pad_id)

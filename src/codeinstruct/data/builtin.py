@@ -118,9 +118,7 @@ _SIGNATURE_LINE = re.compile(r"[\w.]+\(.*\)(\s*->.*)?")
 
 def _summary(docstring: str) -> str:
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", docstring.strip())]
-    if len(paragraphs) > 1 and (
-        _SIGNATURE_LINE.fullmatch(paragraphs[0]) or len(paragraphs[0].split()) == 1
-    ):
+    if len(paragraphs) > 1 and (_SIGNATURE_LINE.fullmatch(paragraphs[0]) or len(paragraphs[0].split()) == 1):
         return paragraphs[1]
     return paragraphs[0]
 
@@ -133,11 +131,7 @@ def _lower_first(text: str) -> str:
 
 
 def _is_docstring_stmt(stmt: ast.stmt) -> bool:
-    return (
-        isinstance(stmt, ast.Expr)
-        and isinstance(stmt.value, ast.Constant)
-        and isinstance(stmt.value.value, str)
-    )
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
 
 
 def _is_stub(stmt: ast.stmt) -> bool:
@@ -247,4 +241,3 @@ def stdlib_instruction_records(limit: int | None = None, max_chars: int = 900) -
             if limit is not None and len(records) >= limit:
                 return records
     return records
-

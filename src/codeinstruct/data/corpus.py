@@ -204,8 +204,9 @@ class _Reader:
         self.max_file_bytes = max_file_bytes
         self.report = report
 
-    def document(self, content: str, size: int, repo: str, path: str, license: str | None,
-                 language: str | None) -> Document | None:
+    def document(
+        self, content: str, size: int, repo: str, path: str, license: str | None, language: str | None
+    ) -> Document | None:
         """A Document if the content passes the filters, else None (counted as skipped)."""
         if size > self.max_file_bytes:
             self.report.skip("too_large")
@@ -240,8 +241,9 @@ class _Reader:
         size = len(raw) - 3 if raw.startswith(b"\xef\xbb\xbf") else len(raw)  # _decode drops the BOM
         return self.document(text, size, origin.repo, path, origin.license, language_of(parts[-1]))
 
-    def walk(self, dir_path: str, parts: tuple[str, ...], origin: _Origin,
-             site: tuple[int, SiteIndex] | None = None) -> Iterator[Document]:
+    def walk(
+        self, dir_path: str, parts: tuple[str, ...], origin: _Origin, site: tuple[int, SiteIndex] | None = None
+    ) -> Iterator[Document]:
         """Documents under dir_path in sorted order; parts is its path inside the source.
 
         Metadata is worked out once per directory on the way down and handed to the
@@ -293,8 +295,14 @@ class _Reader:
             if doc is not None:
                 yield doc
 
-    def discover(self, dir_path: str, parts: tuple[str, ...], names: list[str], origin: _Origin,
-                 site: tuple[int, SiteIndex] | None):
+    def discover(
+        self,
+        dir_path: str,
+        parts: tuple[str, ...],
+        names: list[str],
+        origin: _Origin,
+        site: tuple[int, SiteIndex] | None,
+    ):
         """The origin for this directory's subtree, and the site-packages index in force."""
         index = site_packages_index(dir_path, names)
         if index is not None:
@@ -320,9 +328,15 @@ class _Reader:
             raise CodeinstructError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         content = obj.get("content")
         if not isinstance(content, str) or not content.strip():
-            problem = "missing field 'content'" if content is None else (
-                "field 'content' is empty" if isinstance(content, str) else
-                f"field 'content' must be a string, got {type(content).__name__}")
+            problem = (
+                "missing field 'content'"
+                if content is None
+                else (
+                    "field 'content' is empty"
+                    if isinstance(content, str)
+                    else f"field 'content' must be a string, got {type(content).__name__}"
+                )
+            )
             raise CodeinstructError(f"{where}: {problem}")
         fields: dict[str, str | None] = {}
         for key in ("repo", "path", "license", "language"):

@@ -26,7 +26,12 @@ def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
 
 
 def apply_fim(
-    text: str, tokenizer, rng: random.Random, fim_rate: float = 0.5, fim_spm_rate: float = 0.5, tokens: FimTokens | None = None
+    text: str,
+    tokenizer,
+    rng: random.Random,
+    fim_rate: float = 0.5,
+    fim_spm_rate: float = 0.5,
+    tokens: FimTokens | None = None,
 ) -> list[int]:
     """A document's training tokens: plain with probability 1 - fim_rate, else PSM or SPM."""
     if not (0.0 <= fim_rate <= 1.0 and 0.0 <= fim_spm_rate <= 1.0):

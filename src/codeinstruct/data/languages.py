@@ -85,13 +85,9 @@ LANGUAGE_BY_NAME = {
 }
 # Long lines are normal in data and prose (one paragraph per line), so the minified
 # filter would throw away good files of these kinds.
-DATA_AND_PROSE = frozenset(
-    {"JSON", "YAML", "TOML", "XML", "CSV", "INI", "Markdown", "reStructuredText", "Text"}
-)
+DATA_AND_PROSE = frozenset({"JSON", "YAML", "TOML", "XML", "CSV", "INI", "Markdown", "reStructuredText", "Text"})
 # What a directory source reads when no --include is given: source code, not data or prose.
-DEFAULT_EXTENSIONS = frozenset(
-    ext for ext, lang in _LANGUAGE_BY_EXTENSION.items() if lang not in DATA_AND_PROSE
-)
+DEFAULT_EXTENSIONS = frozenset(ext for ext, lang in _LANGUAGE_BY_EXTENSION.items() if lang not in DATA_AND_PROSE)
 
 
 def extension_of(name: str) -> str:

@@ -177,8 +177,10 @@ def _bsd_family(text: str, pos: int) -> str:
     conditions = text[pos : pos + 2000]
     if "all advertising materials" in conditions:
         return "BSD-4-Clause"
-    if any(clause in conditions for clause in
-           ("neither the name", "names of its contributors", "name of the copyright holder")):
+    if any(
+        clause in conditions
+        for clause in ("neither the name", "names of its contributors", "name of the copyright holder")
+    ):
         return "BSD-3-Clause"
     return "BSD-2-Clause"
 
@@ -202,9 +204,11 @@ _LICENSE_PHRASES: tuple[tuple[str, Callable[[str, int], str | None]], ...] = (
     ("gnu general public license", lambda t, p: _gpl_family(t, p, "GPL")),
     (
         "mozilla public license",
-        lambda t, p: "MPL-2.0"
-        if _version_after(t, p, 80) in ("2", "2.0") or t.startswith("mozilla public license 2.0", p)
-        else None,
+        lambda t, p: (
+            "MPL-2.0"
+            if _version_after(t, p, 80) in ("2", "2.0") or t.startswith("mozilla public license 2.0", p)
+            else None
+        ),
     ),
     (
         "with or without fee is hereby granted",

@@ -110,4 +110,3 @@ def collate_padded(examples: Sequence[TokenizedExample], pad_id: int, pad_to_mul
     position_ids = torch.arange(width).repeat(b, 1)
     n_targets = int((targets != IGNORE_INDEX).sum())
     return Batch(input_ids, targets, position_ids, attention_mask, n_targets)
-

@@ -67,7 +67,11 @@ def _read_text(path: str, limit: int | None = None) -> str | None:
 def _is_license_variant(name: str) -> bool:
     # license.py is a module about licenses, not the license of the code beside it.
     return bool(_LICENSE_VARIANT_FILE.fullmatch(name)) and language_of(name) in (
-        None, "Text", "Markdown", "reStructuredText")
+        None,
+        "Text",
+        "Markdown",
+        "reStructuredText",
+    )
 
 
 def _license_of_files(dir_path: str, names: list[str]) -> str | None:
@@ -86,7 +90,6 @@ def _license_of_files(dir_path: str, names: list[str]) -> str | None:
         if spdx and spdx not in found:
             found.append(spdx)
     return " OR ".join(found) or None
-
 
 
 def _pyproject(dir_path: str) -> Declared:
@@ -131,8 +134,10 @@ def _package_json(dir_path: str) -> Declared:
         types = [lic.get("type") for lic in data["licenses"] if isinstance(lic, dict)]
         license = " OR ".join(t for t in types if isinstance(t, str)) or None
     name = data.get("name")
-    return Declared(name if isinstance(name, str) and name else None,
-                     normalize_license(license) if isinstance(license, str) else None)
+    return Declared(
+        name if isinstance(name, str) and name else None,
+        normalize_license(license) if isinstance(license, str) else None,
+    )
 
 
 def _cargo_toml(dir_path: str) -> Declared:

@@ -95,7 +95,7 @@ def load_problems(path: str | Path) -> Benchmark:
 
 
 def load_benchmark(name_or_path: str | Path) -> Benchmark:
-    """"humaneval" or the path of a custom JSONL."""
+    """ "humaneval" or the path of a custom JSONL."""
     return load_humaneval() if str(name_or_path) == HUMANEVAL else load_problems(name_or_path)
 
 
@@ -113,7 +113,9 @@ def _parse(data: bytes, source: Path) -> tuple[Problem, ...]:
             raise CodeinstructError(f"{where}: missing field(s) {', '.join(missing)}")
         for field in FIELDS:
             if not isinstance(record[field], str):
-                raise CodeinstructError(f"{where}: field '{field}' must be a string, not {type(record[field]).__name__}")
+                raise CodeinstructError(
+                    f"{where}: field '{field}' must be a string, not {type(record[field]).__name__}"
+                )
         for field in ("task_id", "prompt", "test"):
             if not record[field].strip():
                 raise CodeinstructError(f"{where}: field '{field}' is empty")

@@ -60,8 +60,16 @@ class GenerationReport:
     samples: int
 
 
-def _sample(engine, prompts: list[str] | list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-            stop: list[str], seed: int) -> Iterator[list[str]]:
+def _sample(
+    engine,
+    prompts: list[str] | list[list[int]],
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop: list[str],
+    seed: int,
+) -> Iterator[list[str]]:
     """n raw completions per prompt, in prompt order, each cut before its first stop string (EOS also ends one).
 
     All prompts go to the engine at once (continuous batching); the n samples of a prompt share one
@@ -76,8 +84,15 @@ def _sample(engine, prompts: list[str] | list[list[int]], n: int, temperature: f
     for i, prompt in enumerate(prompts):
         requests = []
         for first in range(0, draws, engine.max_batch_size):
-            params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + i,
-                                    n=min(engine.max_batch_size, draws - first), first_sample=first, stop=tuple(stop))
+            params = SamplingParams(
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed + i,
+                n=min(engine.max_batch_size, draws - first),
+                first_sample=first,
+                stop=tuple(stop),
+            )
             requests.append(engine.submit(prompt, params))
         handles.append(requests)
     for requests in handles:
@@ -85,8 +100,9 @@ def _sample(engine, prompts: list[str] | list[list[int]], n: int, temperature: f
         yield texts * n if draws == 1 else texts
 
 
-def generate_samples(config: GenerationConfig, out: str | Path,
-                     on_progress: Callable[[int, int], None] | None = None) -> GenerationReport:
+def generate_samples(
+    config: GenerationConfig, out: str | Path, on_progress: Callable[[int, int], None] | None = None
+) -> GenerationReport:
     """Generate `config.n` samples for each problem and write the samples file `out`.
 
     `on_progress(done, total)` is called after each problem.
@@ -100,7 +116,7 @@ def generate_samples(config: GenerationConfig, out: str | Path,
     problems = benchmark.problems[: config.limit] if config.limit else benchmark.problems
 
     from codeinstruct.infer.engine import Engine
-    from codeinstruct.infer.generate import load_for_inference
+    from codeinstruct.modeling import load_for_inference
     from codeinstruct.prompts import encode_text
 
     model, tokenizer = load_for_inference(config.model, device=config.device)
@@ -109,7 +125,9 @@ def generate_samples(config: GenerationConfig, out: str | Path,
     prompt_ids = [encode_text(tokenizer, p) for p in prompts]  # tokenized once: for the cache size and the engine
     longest = max(len(ids) for ids in prompt_ids)
     # the cache only needs the longest prompt plus the new tokens
-    engine = Engine(model, tokenizer, max_batch_size=min(64, max(16, config.n)), max_seq_len=longest + config.max_new_tokens + 1)
+    engine = Engine(
+        model, tokenizer, max_batch_size=min(64, max(16, config.n)), max_seq_len=longest + config.max_new_tokens + 1
+    )
     shared = {
         "benchmark": benchmark.name,
         "benchmark_sha256": benchmark.sha256,
@@ -129,8 +147,9 @@ def generate_samples(config: GenerationConfig, out: str | Path,
         shared["instruction"] = INSTRUCTION
     written = 0
     with atomic_writer(out) as f:
-        samples = _sample(engine, prompt_ids, config.n, config.temperature, config.top_p, config.max_new_tokens, stops,
-                          config.seed)
+        samples = _sample(
+            engine, prompt_ids, config.n, config.temperature, config.top_p, config.max_new_tokens, stops, config.seed
+        )
         for index, (problem, prompt, outputs) in enumerate(zip(problems, prompts, samples)):
             for j, raw in enumerate(outputs):
                 record = {

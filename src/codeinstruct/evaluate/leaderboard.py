@@ -177,7 +177,7 @@ def run_leaderboard(
     """
     _go_offline()
     lm_eval, HFLM, TaskManager = _import_lm_eval()
-    from codeinstruct.infer.generate import load_for_inference
+    from codeinstruct.modeling import load_for_inference
 
     specs = resolve_tasks(tasks)
     manager = _task_manager(TaskManager, specs, include_path)
@@ -190,8 +190,14 @@ def run_leaderboard(
             on_task(spec, index, len(specs))
         try:
             output = lm_eval.simple_evaluate(
-                model=lm, tasks=[spec.task], num_fewshot=spec.num_fewshot, limit=limit, task_manager=manager,
-                log_samples=False, bootstrap_iters=0, verbosity="ERROR",
+                model=lm,
+                tasks=[spec.task],
+                num_fewshot=spec.num_fewshot,
+                limit=limit,
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=0,
+                verbosity="ERROR",
             )
         except (ConnectionError, FileNotFoundError) as e:
             raise CodeinstructError(
@@ -203,7 +209,9 @@ def run_leaderboard(
         metric = spec.metric or _first_metric(results, spec.task)
         if metric not in results or not isinstance(results[metric], (int, float)):
             raise CodeinstructError(f"{spec.label}: lm-eval reported no '{metric}' (it has: {', '.join(results)})")
-        report.rows.append(LeaderboardRow(spec.label, spec.task, spec.num_fewshot, metric, 100.0 * results[metric], spec.card))
+        report.rows.append(
+            LeaderboardRow(spec.label, spec.task, spec.num_fewshot, metric, 100.0 * results[metric], spec.card)
+        )
     report.seconds = round(time.monotonic() - start, 3)
     return report
 

@@ -33,6 +33,7 @@ Each parallel slot has a small fork server (`python -I -S sandbox_boot.py`, star
 program costs a fork, the namespaces and one interpreter start-up, and the evaluator's own
 process, however large (a loaded model), is never forked.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -100,8 +101,10 @@ class Isolation:
             ]
             return "namespaces: " + ", ".join(parts)
         who = "unprivileged" if self.unprivileged else "as root, so the process limit does not hold"
-        return (f"rlimits: resource limits, empty environment, new session, {who}; the filesystem and "
-                f"network are the user's" + (f" ({self.note})" if self.note else ""))
+        return (
+            f"rlimits: resource limits, empty environment, new session, {who}; the filesystem and "
+            f"network are the user's" + (f" ({self.note})" if self.note else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,14 @@ def _bind_paths(python: str) -> tuple[str, ...]:
         prefixes = {sys.base_prefix, sys.base_exec_prefix}
     else:
         try:
-            out = subprocess.run([python, "-I", "-S", "-c", "import sys; print(sys.prefix); print(sys.exec_prefix)"],
-                                 capture_output=True, text=True, env={}, timeout=30, check=True)
+            out = subprocess.run(
+                [python, "-I", "-S", "-c", "import sys; print(sys.prefix); print(sys.exec_prefix)"],
+                capture_output=True,
+                text=True,
+                env={},
+                timeout=30,
+                check=True,
+            )
         except (OSError, subprocess.SubprocessError) as e:
             raise CodeinstructError(f"{python}: cannot run it to find its installation ({e})") from None
         prefixes = set(out.stdout.split())
@@ -182,15 +191,24 @@ class _Server:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         as_root = os.geteuid() == 0
         config = {
-            "mode": mode, "python": python, "root": os.path.join(self.dir, "root"),
-            "binds": list(_bind_paths(python)), "socket_fd": theirs.fileno(),
+            "mode": mode,
+            "python": python,
+            "root": os.path.join(self.dir, "root"),
+            "binds": list(_bind_paths(python)),
+            "socket_fd": theirs.fileno(),
             "uid": SANDBOX_UID_BASE + slot if as_root and mode == "namespaces" else os.getuid(),
         }
         self.log = open(os.path.join(self.dir, "server.log"), "wb")  # noqa: SIM115 - open while the server runs
         try:
             self.proc = subprocess.Popen(
-                [python, "-I", "-S", BOOT, json.dumps(config)], stdin=subprocess.DEVNULL, stdout=self.log,
-                stderr=self.log, env={}, cwd=self.dir, start_new_session=True, pass_fds=(theirs.fileno(),),
+                [python, "-I", "-S", BOOT, json.dumps(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=self.log,
+                env={},
+                cwd=self.dir,
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
             )
         except OSError as e:
             self.close()
@@ -298,15 +316,26 @@ class _Server:
         self.close()
 
 
-def run_program(source: str, limits: SandboxLimits = DEFAULT_LIMITS, *, isolation: Isolation | None = None,
-                python: str | None = None) -> SandboxResult:
+def run_program(
+    source: str,
+    limits: SandboxLimits = DEFAULT_LIMITS,
+    *,
+    isolation: Isolation | None = None,
+    python: str | None = None,
+) -> SandboxResult:
     """Run one Python program in the sandbox and return how it ended."""
     return run_programs([source], limits, workers=1, isolation=isolation, python=python)[0]
 
 
-def run_programs(sources: Sequence[str], limits: SandboxLimits = DEFAULT_LIMITS, *, workers: int | None = None,
-                 isolation: Isolation | None = None, python: str | None = None,
-                 on_result: Callable[[int, SandboxResult], None] | None = None) -> list[SandboxResult]:
+def run_programs(
+    sources: Sequence[str],
+    limits: SandboxLimits = DEFAULT_LIMITS,
+    *,
+    workers: int | None = None,
+    isolation: Isolation | None = None,
+    python: str | None = None,
+    on_result: Callable[[int, SandboxResult], None] | None = None,
+) -> list[SandboxResult]:
     """Run many programs, at most `workers` at a time; results in input order.
 
     The default is two per CPU: much of a short program's time is spent waiting on process and
@@ -331,8 +360,10 @@ def run_programs(sources: Sequence[str], limits: SandboxLimits = DEFAULT_LIMITS,
         finally:
             servers.put(server)
         if "setup_error" in status:
-            raise CodeinstructError(f"sandbox set-up failed ({status['setup_error']}), although the probe found "
-                                    f"'{iso.level}' isolation available")
+            raise CodeinstructError(
+                f"sandbox set-up failed ({status['setup_error']}), although the probe found "
+                f"'{iso.level}' isolation available"
+            )
         return index, result
 
     try:

@@ -89,7 +89,13 @@ def modelfile_text(gguf_path: Path, modelfile_path: Path, n_ctx: int, eos_token:
     """An Ollama Modelfile: FROM the gguf (relative to the Modelfile), the Alpaca TEMPLATE, stops."""
     rel = os.path.relpath(Path(gguf_path).resolve(), Path(modelfile_path).resolve().parent)
     source = rel if rel.startswith("..") or os.path.isabs(rel) else "./" + rel
-    template = "{{ if .System }}{{ .System }}\n\n{{ end }}" + TURN_HEAD.lstrip("\n") + "{{ .Prompt }}" + RESPONSE_HEAD + "{{ .Response }}"
+    template = (
+        "{{ if .System }}{{ .System }}\n\n{{ end }}"
+        + TURN_HEAD.lstrip("\n")
+        + "{{ .Prompt }}"
+        + RESPONSE_HEAD
+        + "{{ .Response }}"
+    )
     stops = ["### Instruction:", eos_token]
     lines = [
         "# Ollama Modelfile written by `codeinstruct export gguf`: ollama create NAME -f Modelfile",
@@ -120,9 +126,13 @@ def _read_config(model_dir: Path) -> dict:
     config = _read_json(model_dir / "config.json")
     model_type = config.get("model_type")
     if model_type != "gpt_bigcode":
-        raise CodeinstructError(f"{model_dir}: model_type is {model_type!r}; GGUF export supports gpt_bigcode (StarCoder) models")
+        raise CodeinstructError(
+            f"{model_dir}: model_type is {model_type!r}; GGUF export supports gpt_bigcode (StarCoder) models"
+        )
     if not config.get("scale_attn_weights", True):
-        raise CodeinstructError(f"{model_dir}: scale_attn_weights is false; llama.cpp's starcoder always scales attention")
+        raise CodeinstructError(
+            f"{model_dir}: scale_attn_weights is false; llama.cpp's starcoder always scales attention"
+        )
     act = config.get("activation_function", "gelu_pytorch_tanh")
     if not str(act).startswith("gelu"):
         raise CodeinstructError(f"{model_dir}: activation {act!r} is not GELU; llama.cpp's starcoder uses GELU")
@@ -158,7 +168,12 @@ def _pre_tokenizer_name(pre) -> str | None:
 
     if isinstance(pre, dict) and pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers") or []
-        if len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits") and byte_level(parts[1]):
+        if (
+            len(parts) == 2
+            and parts[0].get("type") == "Digits"
+            and parts[0].get("individual_digits")
+            and byte_level(parts[1])
+        ):
             return "starcoder"
         if len(parts) == 1 and byte_level(parts[0]):
             return "gpt-2"
@@ -190,10 +205,14 @@ def _read_vocab(model_dir: Path, config: dict, n_vocab: int) -> _Vocab:
     tok = _read_json(path)
     model = tok.get("model") or {}
     if model.get("type") != "BPE":
-        raise CodeinstructError(f"{path}: tokenizer model is {model.get('type')!r}; GGUF export supports byte-level BPE")
+        raise CodeinstructError(
+            f"{path}: tokenizer model is {model.get('type')!r}; GGUF export supports byte-level BPE"
+        )
     pre = _pre_tokenizer_name(tok.get("pre_tokenizer"))
     if pre is None:
-        raise CodeinstructError(f"{path}: pre-tokenizer is neither StarCoder's nor GPT-2's; llama.cpp would split text differently")
+        raise CodeinstructError(
+            f"{path}: pre-tokenizer is neither StarCoder's nor GPT-2's; llama.cpp would split text differently"
+        )
     id_to_token: dict[int, str] = {int(i): t for t, i in model.get("vocab", {}).items()}
     special: dict[int, bool] = {}
     for added in tok.get("added_tokens", []):
@@ -216,7 +235,9 @@ def _read_vocab(model_dir: Path, config: dict, n_vocab: int) -> _Vocab:
                 types.append(gguf.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
-    tok_config = _read_json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
+    tok_config = (
+        _read_json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
+    )
     token_to_id = {t: i for i, t in id_to_token.items()}
 
     def special_id(name: str) -> int | None:
@@ -314,8 +335,11 @@ def _plan_tensors(model_dir: Path, config: dict, qtype_name: str) -> list[_Tenso
     if extra:
         raise CodeinstructError(f"{model_dir}: unexpected tensor {extra[0]} for n_layer={n_layer}")
 
-    wanted = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-              "q8_0": gguf.GGMLQuantizationType.Q8_0}[qtype_name]
+    wanted = {
+        "f32": gguf.GGMLQuantizationType.F32,
+        "f16": gguf.GGMLQuantizationType.F16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    }[qtype_name]
     plan = []
     for name in required:  # embeddings and output norm, the blocks in order, then an untied output
         t = found[name]
@@ -410,8 +434,11 @@ def export_gguf(
     if out.is_dir():
         raise CodeinstructError(f"{out}: is a directory; give the .gguf file to write")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[type]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[type]
     writer = gguf.GGUFWriter(str(tmp), ARCH)
     try:
         writer.add_name(_model_name(model_dir))
@@ -444,7 +471,9 @@ def export_gguf(
         import numpy as np
 
         for t in plan:
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=gguf.GGMLQuantizationType(t.qtype))
+            writer.add_tensor_info(
+                t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=gguf.GGMLQuantizationType(t.qtype)
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()

@@ -42,8 +42,15 @@ from codeinstruct.prompts import encode_text
 class Engine:
     """Continuous-batching generation over one model. Thread-safe: submit from any thread."""
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_tokens_per_step: int = 512,
-                 max_seq_len: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch_size: int = 16,
+        max_tokens_per_step: int = 512,
+        max_seq_len: int | None = None,
+    ):
         if max_batch_size < 1 or max_tokens_per_step < 1:
             raise CodeinstructError("max_batch_size and max_tokens_per_step must be at least 1")
         context = context_length(model.config)
@@ -84,8 +91,9 @@ class Engine:
     def running_in_background(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, prompt: str | list[int], params: SamplingParams = SamplingParams(),
-               events: queue.Queue | None = None) -> RequestHandle:
+    def submit(
+        self, prompt: str | list[int], params: SamplingParams = SamplingParams(), events: queue.Queue | None = None
+    ) -> RequestHandle:
         ids = encode_text(self.tokenizer, prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise CodeinstructError("the prompt is empty")
@@ -102,8 +110,9 @@ class Engine:
             self._cond.notify_all()
         return handle
 
-    def generate(self, prompts: list[str | list[int]],
-                 params: SamplingParams = SamplingParams()) -> list[RequestOutput]:
+    def generate(
+        self, prompts: list[str | list[int]], params: SamplingParams = SamplingParams()
+    ) -> list[RequestOutput]:
         """Run prompts together (continuous batching) and return their outputs in order."""
         handles = [self.submit(p, params) for p in prompts]
         return [h.result() for h in handles]

@@ -33,14 +33,16 @@ def generate_text(engine: Engine, prompt: str, params: SamplingParams = Sampling
     return engine.submit(prompt, response_params(params)).result().text
 
 
-def generate_response(engine: Engine, instruction: str, input: str = "",
-                      params: SamplingParams = SamplingParams()) -> str:
+def generate_response(
+    engine: Engine, instruction: str, input: str = "", params: SamplingParams = SamplingParams()
+) -> str:
     """The answer to one instruction, as the user sees it."""
     return extract_response(generate_text(engine, format_prompt(instruction, input), params))
 
 
-def stream_response(engine: Engine, instruction: str, input: str = "",
-                    params: SamplingParams = SamplingParams()) -> Iterator[str]:
+def stream_response(
+    engine: Engine, instruction: str, input: str = "", params: SamplingParams = SamplingParams()
+) -> Iterator[str]:
     """The answer as it is generated: pieces whose concatenation is `generate_response`'s text."""
     handle = engine.submit(format_prompt(instruction, input), response_params(params))
     try:
@@ -81,16 +83,18 @@ def response_deltas(deltas: Iterable[str]) -> Iterator[str]:
             yield piece
 
 
-def fim_request(engine: Engine, prefix: str, suffix: str, spm: bool = False,
-                params: SamplingParams = SamplingParams()) -> tuple[list[int], SamplingParams]:
+def fim_request(
+    engine: Engine, prefix: str, suffix: str, spm: bool = False, params: SamplingParams = SamplingParams()
+) -> tuple[list[int], SamplingParams]:
     """Prompt ids and parameters of a Fill-in-the-Middle request (stops at EOS or any FIM token)."""
     tokens = FimTokens.from_tokenizer(engine.tokenizer)
     ids = fim_prompt_ids(engine.tokenizer, prefix, suffix, spm, tokens)
     return ids, replace(params, stop_token_ids=tuple(dict.fromkeys((*params.stop_token_ids, *tokens.all))))
 
 
-def complete_middle(engine: Engine, prefix: str, suffix: str, spm: bool = False,
-                    params: SamplingParams = SamplingParams()) -> str:
+def complete_middle(
+    engine: Engine, prefix: str, suffix: str, spm: bool = False, params: SamplingParams = SamplingParams()
+) -> str:
     """Fill-in-the-Middle: the code between `prefix` and `suffix`."""
     ids, params = fim_request(engine, prefix, suffix, spm, params)
     return engine.submit(ids, params).result().text

@@ -105,8 +105,14 @@ class Sequence:
 class RequestHandle:
     """A submitted request: iterate it for `StreamEvent`s, or call `result()`; `cancel()` any time."""
 
-    def __init__(self, engine: Scheduler, request_id: int, prompt_ids: list[int], params: SamplingParams,
-                 events: queue.Queue | None = None):
+    def __init__(
+        self,
+        engine: Scheduler,
+        request_id: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        events: queue.Queue | None = None,
+    ):
         self.engine = engine
         self.id = request_id
         self.prompt_ids = prompt_ids
@@ -170,6 +176,8 @@ class RequestHandle:
         return RequestOutput(
             request_id=self.id,
             prompt_tokens=len(self.prompt_ids),
-            choices=[Choice(s.index, s.stream.visible, list(s.tokens), s.finish_reason or FINISH_CANCELLED)
-                     for s in self.sequences],
+            choices=[
+                Choice(s.index, s.stream.visible, list(s.tokens), s.finish_reason or FINISH_CANCELLED)
+                for s in self.sequences
+            ],
         )

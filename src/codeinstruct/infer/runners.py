@@ -152,8 +152,10 @@ class GPTBigCodeRunner:
             contiguous = slots == list(range(b))
             mask = (torch.arange(length, device=dev)[None, :] <= pos_t[:, None])[:, None, None, :]
             # where each new K/V row goes in the cache seen as [slots * kv_heads * max_len, D]
-            rows = ((slot_t[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=dev)[None, :]) * self.max_len
-                    + pos_t[:, None]).reshape(-1)
+            rows = (
+                (slot_t[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=dev)[None, :]) * self.max_len
+                + pos_t[:, None]
+            ).reshape(-1)
         for i, blk in enumerate(self.blocks):
             ln1, attn_w = blk[0], blk[1]
             h = F.layer_norm(x, (self.embed,), ln1[0], ln1[1], ln1[2])
@@ -171,8 +173,9 @@ class GPTBigCodeRunner:
                 else:
                     keys, values = cache_k[slot_t, :, :length], cache_v[slot_t, :, :length]
             # heads sharing a KV head ride along as that head's "query positions"
-            out = F.scaled_dot_product_attention(q.reshape(b, self.kv_heads, g, d), keys, values, attn_mask=mask,
-                                                 scale=self.scale)
+            out = F.scaled_dot_product_attention(
+                q.reshape(b, self.kv_heads, g, d), keys, values, attn_mask=mask, scale=self.scale
+            )
             x = self._mlp_and_residual(x, out.reshape(b, self.embed), blk)
         x = F.layer_norm(x, (self.embed,), *self.ln_f[:2], self.ln_f[2])
         return F.linear(x, self.lm_head)
@@ -227,4 +230,3 @@ class TransformersRunner:
 
     def release(self, slot: int) -> None:
         self.caches.pop(slot, None)
-

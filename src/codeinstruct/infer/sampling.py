@@ -90,8 +90,9 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
-def choose_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor,
-                 generator: torch.Generator | None) -> int:
+def choose_token(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, generator: torch.Generator | None
+) -> int:
     """The next token of one sequence from its logits row [V]."""
     logits = logits.float()
     logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)

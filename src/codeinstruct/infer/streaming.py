@@ -16,6 +16,7 @@ from functools import lru_cache
 def _byte_decoder() -> dict[str, int]:
     """Byte-level BPE's alphabet inverted: a byte that is a printable Latin-1 character stands for
     itself; the other 68 (controls, space, DEL, NBSP, soft hyphen) stand in order at chr(256)...chr(323)."""
+
     def printable(b: int) -> bool:
         return 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF
 

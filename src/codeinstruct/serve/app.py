@@ -58,8 +58,16 @@ class ServerSettings:
         return self.max_concurrency + self.max_queue
 
 
-def create_app(settings: ServerSettings, *, engine=None, model_name: str | None = None, upstream: str | None = None,
-               upstream_api_key: str | None = None, attribution=None, upstream_transport=None) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    *,
+    engine=None,
+    model_name: str | None = None,
+    upstream: str | None = None,
+    upstream_api_key: str | None = None,
+    attribution=None,
+    upstream_transport=None,
+) -> FastAPI:
     """The server over an `Engine` (named `model_name`) or in front of an `upstream` OpenAI-compatible URL.
 
     `attribution` is an opened `AttributionIndex` or None. Nothing runs until the app starts
@@ -70,9 +78,15 @@ def create_app(settings: ServerSettings, *, engine=None, model_name: str | None 
     admission = Admission(settings.capacity)
     attributor = Attributor(attribution)
     backend: ServingBackend = open_backend(
-        engine=engine, model_name=model_name, upstream=upstream, upstream_api_key=upstream_api_key,
-        upstream_transport=upstream_transport, max_concurrency=settings.max_concurrency,
-        admission=admission, attributor=attributor)
+        engine=engine,
+        model_name=model_name,
+        upstream=upstream,
+        upstream_api_key=upstream_api_key,
+        upstream_transport=upstream_transport,
+        max_concurrency=settings.max_concurrency,
+        admission=admission,
+        attributor=attributor,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -93,8 +107,9 @@ def create_app(settings: ServerSettings, *, engine=None, model_name: str | None 
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), settings.api_key.encode()):
-            raise ApiError(401, "missing or invalid API key (send it as 'Authorization: Bearer KEY')",
-                           code="invalid_api_key")
+            raise ApiError(
+                401, "missing or invalid API key (send it as 'Authorization: Bearer KEY')", code="invalid_api_key"
+            )
 
     async def parse(request: Request, schema):
         try:
@@ -118,8 +133,9 @@ def create_app(settings: ServerSettings, *, engine=None, model_name: str | None 
     async def invalid(request: Request, e: RequestValidationError):
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"] if p != "body")
-        return JSONResponse(error_body(f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None),
-                            status_code=400)
+        return JSONResponse(
+            error_body(f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
@@ -127,15 +143,24 @@ def create_app(settings: ServerSettings, *, engine=None, model_name: str | None 
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):
-        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"),
-                            status_code=500)
+        return JSONResponse(
+            error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"), status_code=500
+        )
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "mode": backend.mode, "model": backend.name,
-                "attribution": attributor.enabled, "auth": settings.api_key is not None,
-                "active": admission.active, "capacity": admission.capacity,
-                "max_concurrency": settings.max_concurrency, "max_queue": settings.max_queue, **backend.health()}
+        return {
+            "status": "ok",
+            "mode": backend.mode,
+            "model": backend.name,
+            "attribution": attributor.enabled,
+            "auth": settings.api_key is not None,
+            "active": admission.active,
+            "capacity": admission.capacity,
+            "max_concurrency": settings.max_concurrency,
+            "max_queue": settings.max_queue,
+            **backend.health(),
+        }
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -168,9 +193,15 @@ def default_model_name(model_dir: str | Path) -> str:
     return path.parent.name if path.name == "final" and path.parent.name else path.name
 
 
-def build_app(settings: ServerSettings, *, model: str | Path | None = None, upstream: str | None = None,
-              attribution_index: str | Path | None = None, model_name: str | None = None,
-              upstream_api_key: str | None = None) -> FastAPI:
+def build_app(
+    settings: ServerSettings,
+    *,
+    model: str | Path | None = None,
+    upstream: str | None = None,
+    attribution_index: str | Path | None = None,
+    model_name: str | None = None,
+    upstream_api_key: str | None = None,
+) -> FastAPI:
     """What `codeinstruct serve` runs: load the model (or point at the upstream) and the index, then the app."""
     if model is None and upstream is None:
         raise CodeinstructError("give --model DIR to serve a model here, or --upstream URL to proxy another server")
@@ -192,8 +223,9 @@ def build_app(settings: ServerSettings, *, model: str | Path | None = None, upst
 def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A listening socket for the server (port 0: any free one); an address in use is a one-line error."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )[0]
         # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets' connections, and without it
         # a response written in two pieces waits for the client's delayed ACK (40 ms per keep-alive request).
         sock = socket.socket(family, kind, proto)

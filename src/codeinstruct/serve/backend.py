@@ -38,16 +38,22 @@ class ServingBackend(Protocol):
         """The body of /v1/models."""
         ...
 
-    async def completions(self, request: Request, body: CompletionRequest, raw: dict) -> Response:
-        ...
+    async def completions(self, request: Request, body: CompletionRequest, raw: dict) -> Response: ...
 
-    async def chat(self, request: Request, body: ChatCompletionRequest, raw: dict) -> Response:
-        ...
+    async def chat(self, request: Request, body: ChatCompletionRequest, raw: dict) -> Response: ...
 
 
-def open_backend(*, engine=None, model_name: str | None = None, upstream: str | None = None,
-                 upstream_api_key: str | None = None, upstream_transport=None, max_concurrency: int,
-                 admission: Admission, attributor: Attributor) -> ServingBackend:
+def open_backend(
+    *,
+    engine=None,
+    model_name: str | None = None,
+    upstream: str | None = None,
+    upstream_api_key: str | None = None,
+    upstream_transport=None,
+    max_concurrency: int,
+    admission: Admission,
+    attributor: Attributor,
+) -> ServingBackend:
     """The local backend over `engine` (served as `model_name`), or the proxy in front of `upstream`."""
     # Each backend is imported only when chosen: the local one brings torch, the proxy one httpx.
     if engine is not None:
@@ -56,5 +62,6 @@ def open_backend(*, engine=None, model_name: str | None = None, upstream: str | 
         return LocalModel(engine, model_name or "codeinstruct", admission, attributor)
     from codeinstruct.serve.proxy import UpstreamModel
 
-    return UpstreamModel(upstream, admission, attributor, max_concurrency, api_key=upstream_api_key,
-                         transport=upstream_transport)
+    return UpstreamModel(
+        upstream, admission, attributor, max_concurrency, api_key=upstream_api_key, transport=upstream_transport
+    )

@@ -43,12 +43,19 @@ class Admission:
 
     def admit(self, samples: int) -> Ticket:
         if samples > self.capacity:
-            raise ApiError(400, f"this request asks for {samples} samples; the server holds at most "
-                                f"{self.capacity} at once", param="n")
+            raise ApiError(
+                400,
+                f"this request asks for {samples} samples; the server holds at most {self.capacity} at once",
+                param="n",
+            )
         if self.active + samples > self.capacity:
-            raise ApiError(429, f"the server is at capacity ({self.active} of {self.capacity} samples running or "
-                                "queued); retry later", type="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                f"the server is at capacity ({self.active} of {self.capacity} samples running or queued); retry later",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
         self.active += samples
         return Ticket(self, samples)
 
@@ -60,8 +67,9 @@ class SSEResponse(StreamingResponse):
     """`text/event-stream` over an async iterator of bytes; `cleanup()` runs once, however the stream ends."""
 
     def __init__(self, content: AsyncIterator[bytes], cleanup: Cleanup):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self._content = content
         self._cleanup = cleanup
 

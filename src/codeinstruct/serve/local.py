@@ -158,22 +158,40 @@ class LocalModel:
         return {"free_slots": self.engine.free_slots, "max_seq_len": self.engine.max_seq_len}
 
     async def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
-                                            "owned_by": "codeinstruct", "max_model_len": self.engine.max_seq_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "codeinstruct",
+                    "max_model_len": self.engine.max_seq_len,
+                }
+            ],
+        }
 
     # ------------------------------------------------------------------ requests -> engine
 
     def _check_size(self, text: str, param: str) -> None:
         # Refused before tokenizing: no token is this long, and tokenizing megabytes would stall every stream.
         if len(text) > MAX_CHARS_PER_TOKEN * self.engine.max_seq_len:
-            raise ApiError(400, f"{param} has {len(text):,} characters; the model's context is "
-                                f"{self.engine.max_seq_len} tokens (shorten it)", param=param,
-                           code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"{param} has {len(text):,} characters; the model's context is "
+                f"{self.engine.max_seq_len} tokens (shorten it)",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def _check_n(self, n: int) -> None:
         if n > self.engine.max_batch_size:
-            raise ApiError(400, f"n={n} is more than the server's {self.engine.max_batch_size} concurrent sequences "
-                                "(--max-concurrency)", param="n")
+            raise ApiError(
+                400,
+                f"n={n} is more than the server's {self.engine.max_batch_size} concurrent sequences "
+                "(--max-concurrency)",
+                param="n",
+            )
 
     def _completion_prompts(self, body: CompletionRequest) -> list[_Prompt]:
         tok = self.engine.tokenizer
@@ -189,8 +207,14 @@ class LocalModel:
                     ids, fim_params = fim_request(self.engine, prompt, body.suffix)
                 except CodeinstructError as e:
                     raise ApiError(400, f"suffix (Fill-in-the-Middle): {e}", param="suffix") from None
-                params = oa.sampling_params(body, len(ids), self.engine.max_seq_len, max_tokens, "prompt",
-                                            stop_token_ids=fim_params.stop_token_ids)
+                params = oa.sampling_params(
+                    body,
+                    len(ids),
+                    self.engine.max_seq_len,
+                    max_tokens,
+                    "prompt",
+                    stop_token_ids=fim_params.stop_token_ids,
+                )
                 out.append(_Prompt(ids, params))
                 continue
             if isinstance(prompt, str):
@@ -201,8 +225,9 @@ class LocalModel:
             if not ids:
                 raise ApiError(400, "prompt: must not be empty", param="prompt")
             stops = oa.fim_stop_ids(tok) if fim else ()
-            params = oa.sampling_params(body, len(ids), self.engine.max_seq_len, max_tokens, "prompt",
-                                        stop_token_ids=stops)
+            params = oa.sampling_params(
+                body, len(ids), self.engine.max_seq_len, max_tokens, "prompt", stop_token_ids=stops
+            )
             out.append(_Prompt(ids, params, echo if body.echo else ""))
         return out
 
@@ -267,8 +292,9 @@ class LocalModel:
                         error = generation.handles[k].error
                         if error is not None:
                             raise ApiError(500, f"generation failed: {error}", type="server_error")
-                        raise ApiError(503, "the generation was cancelled (the server is shutting down)",
-                                       type="server_error")
+                        raise ApiError(
+                            503, "the generation was cancelled (the server is shutting down)", type="server_error"
+                        )
                     index = k * generation.n + event.index
                     text = held.pop(index, "") + event.text
                     if event.finish_reason is None:
@@ -281,8 +307,15 @@ class LocalModel:
 
     # ------------------------------------------------------------------ routes
 
-    def _stream(self, generation: Generation, body, rid: str, created: int, object_name: str,
-                choice_lists: AsyncIterator[list[dict]]) -> SSEResponse:
+    def _stream(
+        self,
+        generation: Generation,
+        body,
+        rid: str,
+        created: int,
+        object_name: str,
+        choice_lists: AsyncIterator[list[dict]],
+    ) -> SSEResponse:
         """The event stream of a route: one chunk per list of choices, then usage (when asked) and [DONE];
         an error on the way is sent as an event, and the generation is finished however the stream ends."""
         usage_field = {"usage": None} if body.include_usage else {}
@@ -308,6 +341,7 @@ class LocalModel:
         rid, created = oa.new_id("cmpl"), oa.now()
 
         if body.stream:
+
             async def choice_lists() -> AsyncIterator[list[dict]]:
                 texts: dict[int, str] = {}
                 for k, p in enumerate(generation.prompts):
@@ -333,10 +367,17 @@ class LocalModel:
                 finishes[index] = finish or finishes[index]
             attributions = await self.attributor.check_all(texts)
             echoes = [p.echo for p in generation.prompts for _ in range(generation.n)]
-            choices = [oa.completion_choice(i, echoes[i] + texts[i], finishes[i], attributions[i])
-                       for i in range(len(texts))]
-            return oa.envelope(rid, "text_completion", created, self.name, choices,
-                               usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()))
+            choices = [
+                oa.completion_choice(i, echoes[i] + texts[i], finishes[i], attributions[i]) for i in range(len(texts))
+            ]
+            return oa.envelope(
+                rid,
+                "text_completion",
+                created,
+                self.name,
+                choices,
+                usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()),
+            )
 
         return await self._answer(request, generation, collect())
 
@@ -346,6 +387,7 @@ class LocalModel:
         answers = [ResponseStream() for _ in range(generation.samples)]
 
         if body.stream:
+
             async def choice_lists() -> AsyncIterator[list[dict]]:
                 for i in range(generation.samples):
                     yield [oa.chat_delta(i, {"role": "assistant", "content": ""})]
@@ -369,8 +411,14 @@ class LocalModel:
             texts = [a.text for a in answers]
             attributions = await self.attributor.check_all(texts)
             choices = [oa.chat_choice(i, texts[i], finishes[i], attributions[i]) for i in range(len(texts))]
-            return oa.envelope(rid, "chat.completion", created, self.name, choices,
-                               usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()))
+            return oa.envelope(
+                rid,
+                "chat.completion",
+                created,
+                self.name,
+                choices,
+                usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()),
+            )
 
         return await self._answer(request, generation, collect())
 

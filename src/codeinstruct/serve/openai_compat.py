@@ -95,21 +95,37 @@ def alpaca_from_messages(messages: list[ChatMessage]) -> tuple[str, str]:
     return messages[-1].text, "\n\n".join(c for c in context if c.strip())
 
 
-def sampling_params(request, prompt_tokens: int, max_seq_len: int, max_tokens: int | None, param: str,
-                    stop_token_ids: tuple[int, ...] = (), extra_stops: tuple[str, ...] = ()) -> SamplingParams:
+def sampling_params(
+    request,
+    prompt_tokens: int,
+    max_seq_len: int,
+    max_tokens: int | None,
+    param: str,
+    stop_token_ids: tuple[int, ...] = (),
+    extra_stops: tuple[str, ...] = (),
+) -> SamplingParams:
     """SamplingParams of one prompt of a request (max_tokens None: up to the context); refuses prompts that fill it."""
     room = max_seq_len - prompt_tokens
     if room < 1:
-        raise ApiError(400, f"the prompt has {prompt_tokens} tokens; the model's context is {max_seq_len} "
-                            "(shorten the prompt)", param=param, code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt has {prompt_tokens} tokens; the model's context is {max_seq_len} (shorten the prompt)",
+            param=param,
+            code="context_length_exceeded",
+        )
     # Without a seed, sampled answers differ from request to request, as OpenAI's do.
     seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
     return SamplingParams(
-        max_new_tokens=min(max_tokens or room, room), temperature=request.temperature, top_k=request.top_k,
+        max_new_tokens=min(max_tokens or room, room),
+        temperature=request.temperature,
+        top_k=request.top_k,
         top_p=request.top_p,
-        repetition_penalty=request.repetition_penalty, seed=seed, n=request.n,
+        repetition_penalty=request.repetition_penalty,
+        seed=seed,
+        n=request.n,
         stop=tuple(dict.fromkeys((*request.stop_strings, *extra_stops))),
-        stop_token_ids=stop_token_ids, ignore_eos=request.ignore_eos,
+        stop_token_ids=stop_token_ids,
+        ignore_eos=request.ignore_eos,
     )
 
 
@@ -125,8 +141,11 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_choice(index: int, text: str, finish_reason: str | None, attribution: dict | None = None) -> dict:
@@ -137,8 +156,12 @@ def completion_choice(index: int, text: str, finish_reason: str | None, attribut
 
 
 def chat_choice(index: int, text: str, finish_reason: str, attribution: dict | None = None) -> dict:
-    choice = {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-              "finish_reason": finish_reason}
+    choice = {
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finish_reason,
+    }
     if attribution is not None:
         choice["attribution"] = attribution
     return choice

@@ -102,9 +102,16 @@ class UpstreamModel:
     mode = "proxy"
     name = None
 
-    def __init__(self, url: str, admission: Admission, attributor: Attributor, max_concurrency: int,
-                 api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 read_timeout: float = 600.0):
+    def __init__(
+        self,
+        url: str,
+        admission: Admission,
+        attributor: Attributor,
+        max_concurrency: int,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        read_timeout: float = 600.0,
+    ):
         self.base = upstream_base(url)
         self.admission = admission
         self.attributor = attributor
@@ -116,8 +123,9 @@ class UpstreamModel:
 
     async def start(self) -> None:
         # trust_env=False: no proxy settings or .netrc from the environment; only the upstream is contacted.
-        self.client = httpx.AsyncClient(base_url=self.base, headers=self.headers, timeout=self.timeout,
-                                        transport=self.transport, trust_env=False)
+        self.client = httpx.AsyncClient(
+            base_url=self.base, headers=self.headers, timeout=self.timeout, transport=self.transport, trust_env=False
+        )
 
     async def stop(self) -> None:
         if self.client is not None:
@@ -130,18 +138,31 @@ class UpstreamModel:
 
     def _unreachable(self, e: httpx.HTTPError) -> ApiError:
         if isinstance(e, httpx.TimeoutException):
-            return ApiError(504, f"the upstream {self.base} timed out ({type(e).__name__})", type="server_error",
-                            code="upstream_timeout")
-        return ApiError(502, f"the upstream {self.base} is unreachable ({type(e).__name__}: {e})", type="server_error",
-                        code="upstream_unavailable")
+            return ApiError(
+                504,
+                f"the upstream {self.base} timed out ({type(e).__name__})",
+                type="server_error",
+                code="upstream_timeout",
+            )
+        return ApiError(
+            502,
+            f"the upstream {self.base} is unreachable ({type(e).__name__}: {e})",
+            type="server_error",
+            code="upstream_unavailable",
+        )
 
     async def _error_from(self, r: httpx.Response) -> Response:
         """An upstream error answered with its status and body (OpenAI-shaped when it is not already)."""
         body = await r.aread()
         if r.status_code in (401, 403):
-            return JSONResponse(error_body(f"the upstream {self.base} refused this server's credentials "
-                                           "(--upstream-api-key)", type="server_error", code="upstream_auth"),
-                                status_code=502)
+            return JSONResponse(
+                error_body(
+                    f"the upstream {self.base} refused this server's credentials (--upstream-api-key)",
+                    type="server_error",
+                    code="upstream_auth",
+                ),
+                status_code=502,
+            )
         try:
             data = json.loads(body)
         except ValueError:
@@ -215,8 +236,9 @@ class UpstreamModel:
         except ClientGone:
             return Response(status_code=499)
 
-    async def _forward_stream(self, request: Request, path: str, payload: dict, body, samples: int, chat: bool,
-                              ticket) -> Response:
+    async def _forward_stream(
+        self, request: Request, path: str, payload: dict, body, samples: int, chat: bool, ticket
+    ) -> Response:
         async def open_stream() -> httpx.Response:
             await self.slots.acquire()
             try:

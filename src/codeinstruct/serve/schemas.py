@@ -18,8 +18,15 @@ MAX_STOP_STRINGS = 16
 class ApiError(Exception):
     """An answer in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -32,8 +39,9 @@ class ApiError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -70,8 +78,18 @@ class _Request(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0)
     ignore_eos: bool = False
 
-    @field_validator("temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty", "top_k",
-                     "repetition_penalty", "ignore_eos", mode="before")
+    @field_validator(
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_k",
+        "repetition_penalty",
+        "ignore_eos",
+        mode="before",
+    )
     @classmethod
     def _null_is_default(cls, value, info):
         # Clients send explicit nulls for "not set"; OpenAI reads them as the default.
@@ -98,8 +116,9 @@ class _Request(BaseModel):
         """A 400 for options that would change the answer and that the engine cannot honour."""
         if self.presence_penalty or self.frequency_penalty:
             name = "presence_penalty" if self.presence_penalty else "frequency_penalty"
-            raise ApiError(400, f"{name} is not supported; use repetition_penalty (> 1 discourages repeats)",
-                           param=name)
+            raise ApiError(
+                400, f"{name} is not supported; use repetition_penalty (> 1 discourages repeats)", param=name
+            )
         if self.logit_bias:
             raise ApiError(400, "logit_bias is not supported", param="logit_bias")
 

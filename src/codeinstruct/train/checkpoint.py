@@ -40,8 +40,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
-                    dist: Distributed = Distributed()) -> Path:
+def save_checkpoint(
+    ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, dist: Distributed = Distributed()
+) -> Path:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -55,8 +56,9 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sta
     model_state, optim_state = get_state_dict(model, optimizer)
     with warnings.catch_warnings():  # one process: DCP says it assumes so
         warnings.simplefilter("ignore", UserWarning)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "weights"),
-                 no_dist=not dist.sharded)
+        dcp.save(
+            {"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "weights"), no_dist=not dist.sharded
+        )
     if dist.main:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
@@ -80,8 +82,9 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest_checkpoint(ckpt_root: Path, model, optimizer, scheduler,
-                           dist: Distributed = Distributed()) -> dict | None:
+def load_latest_checkpoint(
+    ckpt_root: Path, model, optimizer, scheduler, dist: Distributed = Distributed()
+) -> dict | None:
     """Restore the newest complete checkpoint into the given objects; its state dict, or None."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

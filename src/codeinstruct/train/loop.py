@@ -36,7 +36,7 @@ from codeinstruct.train.prepare import PreparedData
 from codeinstruct.train.run_folder import RunFolder
 from codeinstruct.train.step import accumulate_gradients, clip_gradients
 
-# Public here before they moved to their own modules: the CLI, tests and benchmarks import them from here.
+# Importable from here as before they moved to their own modules (code written against earlier versions).
 from codeinstruct.data.batches import collate_rows, epoch_micro_batches, make_rows  # noqa: F401
 from codeinstruct.devices import pick_device  # noqa: F401
 from codeinstruct.train.prepare import prepare_pretrain, prepare_sft  # noqa: F401
@@ -139,8 +139,21 @@ def _setup(recipe: Recipe, data: PreparedData, run: RunFolder, dist: Distributed
     start = _setup_resume(run, model, optimizer, scheduler, dist, fingerprint) if resume else None
     if dist.main:
         run.start(recipe, data.held_out, resumed_step=start.step if start else 0)
-    return _Setup(recipe, data, run, dist, model, amp_dtype, first_rows, total_steps, optimizer, scheduler,
-                  fingerprint, start or Position(), start.step if start else None)
+    return _Setup(
+        recipe,
+        data,
+        run,
+        dist,
+        model,
+        amp_dtype,
+        first_rows,
+        total_steps,
+        optimizer,
+        scheduler,
+        fingerprint,
+        start or Position(),
+        start.step if start else None,
+    )
 
 
 def _setup_model(recipe: Recipe, tokenizer, dist: Distributed) -> tuple[torch.nn.Module, torch.dtype | None]:
@@ -209,8 +222,18 @@ def _setup_optimizer(cfg: TrainSection, model, total_steps: int):
 def _fingerprint(recipe: Recipe, examples: list[TokenizedExample]) -> str:
     """Identifies the data order a checkpoint belongs to; resuming with other data is refused."""
     h = hashlib.sha256()
-    h.update(json.dumps([recipe.seed, recipe.data.max_length, recipe.data.packing, recipe.train.batch_size,
-                         recipe.train.grad_accum, recipe.train.epochs]).encode())
+    h.update(
+        json.dumps(
+            [
+                recipe.seed,
+                recipe.data.max_length,
+                recipe.data.packing,
+                recipe.train.batch_size,
+                recipe.train.grad_accum,
+                recipe.train.epochs,
+            ]
+        ).encode()
+    )
     for e in examples:
         h.update(array("l", e.input_ids).tobytes())
         h.update(array("l", e.labels).tobytes())
@@ -252,8 +275,10 @@ def _fit(s: _Setup, observer: TrainingObserver, should_stop: Callable[[], bool] 
         for step_in_epoch in range(position.step_in_epoch, len(steps)):
             step_rows = steps[step_in_epoch]
             n_targets = rows.n_targets(step_rows)  # over all processes
-            batches = [(rows.collate(ids, pad_id), weight)
-                       for ids, weight in rank_micro_batches(step_rows, cfg.batch_size, dist.rank, dist.world)]
+            batches = [
+                (rows.collate(ids, pad_id), weight)
+                for ids, weight in rank_micro_batches(step_rows, cfg.batch_size, dist.rank, dist.world)
+            ]
             local_loss = accumulate_gradients(model, batches, dist.device, s.amp_dtype, n_targets, dist.world)
             last_loss = dist.sum(local_loss) / n_targets
             grad_norm = clip_gradients(model, cfg.max_grad_norm)
@@ -262,15 +287,25 @@ def _fit(s: _Setup, observer: TrainingObserver, should_stop: Callable[[], bool] 
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             at_epoch_end = step_in_epoch + 1 == len(steps)
-            position = Position(position.step + 1, epoch + 1 if at_epoch_end else epoch,
-                                0 if at_epoch_end else step_in_epoch + 1, position.target_tokens + n_targets)
+            position = Position(
+                position.step + 1,
+                epoch + 1 if at_epoch_end else epoch,
+                0 if at_epoch_end else step_in_epoch + 1,
+                position.target_tokens + n_targets,
+            )
             tokens_window += n_targets
 
             now = time.perf_counter()
-            metrics = dict(step=position.step, epoch=epoch + (step_in_epoch + 1) / len(steps), loss=round(last_loss, 6),
-                           lr=lr, grad_norm=round(grad_norm, 6), target_tokens=position.target_tokens,
-                           tokens_per_s=round(tokens_window / max(now - t_window, 1e-9), 1),
-                           elapsed_s=round(now - t_start, 3))
+            metrics = dict(
+                step=position.step,
+                epoch=epoch + (step_in_epoch + 1) / len(steps),
+                loss=round(last_loss, 6),
+                lr=lr,
+                grad_norm=round(grad_norm, 6),
+                target_tokens=position.target_tokens,
+                tokens_per_s=round(tokens_window / max(now - t_window, 1e-9), 1),
+                elapsed_s=round(now - t_start, 3),
+            )
             if dist.main and (position.step % cfg.log_every == 0 or position.step == s.total_steps):
                 s.run.log_metrics(metrics)
                 t_window, tokens_window = now, 0
@@ -284,8 +319,16 @@ def _fit(s: _Setup, observer: TrainingObserver, should_stop: Callable[[], bool] 
             if should_stop is not None and dist.any(should_stop()) and unfinished:
                 if not scheduled:
                     _save_checkpoint(s, position, observer)
-                return TrainResult(s.run.path, None, position.step, last_loss, position.target_tokens,
-                                   time.perf_counter() - t_start, s.resumed_from, interrupted=True)
+                return TrainResult(
+                    s.run.path,
+                    None,
+                    position.step,
+                    last_loss,
+                    position.target_tokens,
+                    time.perf_counter() - t_start,
+                    s.resumed_from,
+                    interrupted=True,
+                )
     seconds = time.perf_counter() - t_start  # the loop only, not the final save
     return TrainResult(s.run.path, None, position.step, last_loss, position.target_tokens, seconds, s.resumed_from)
 
@@ -299,8 +342,16 @@ def _epoch_rows(s: _Setup, epoch: int) -> EpochRows:
 
 def _save_checkpoint(s: _Setup, position: Position, observer: TrainingObserver) -> None:
     state = {**asdict(position), "fingerprint": s.fingerprint, "total_steps": s.total_steps}
-    path = save_checkpoint(s.run.checkpoints, position.step, s.model, s.optimizer, s.scheduler, state,
-                           s.recipe.train.keep_checkpoints, s.dist)
+    path = save_checkpoint(
+        s.run.checkpoints,
+        position.step,
+        s.model,
+        s.optimizer,
+        s.scheduler,
+        state,
+        s.recipe.train.keep_checkpoints,
+        s.dist,
+    )
     if s.dist.main:
         s.run.plot_loss()
         observer.checkpoint(path)

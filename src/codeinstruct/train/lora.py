@@ -25,8 +25,14 @@ def lora_config(model, settings: LoraSection):
     if targets is None and model.config.model_type == "gpt_bigcode":
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         targets = [t for t in GPTBIGCODE_TARGETS if t in present]
-    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def apply_lora(model, settings: LoraSection):

@@ -29,7 +29,11 @@ from codeinstruct.errors import CodeinstructError
 GIB = 2**30
 OVERHEAD_BYTES = 2 * GIB
 # hub ids whose shape is a preset, for planning without the checkpoint on disk
-KNOWN_SHAPES = {"bigcode/starcoder": "starcoder", "bigcode/starcoderbase": "starcoder", "bigcode/starcoderplus": "starcoder"}
+KNOWN_SHAPES = {
+    "bigcode/starcoder": "starcoder",
+    "bigcode/starcoderbase": "starcoder",
+    "bigcode/starcoderplus": "starcoder",
+}
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,17 @@ def model_config(recipe: Recipe):
 
     source = recipe.model.source
     if source.startswith(PRESET_PREFIX):
-        return preset_config(source[len(PRESET_PREFIX):]), source
+        return preset_config(source[len(PRESET_PREFIX) :]), source
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True), source
     except (OSError, ValueError):
         if source in KNOWN_SHAPES:
-            return preset_config(KNOWN_SHAPES[source]), f"{source} (shape of preset:{KNOWN_SHAPES[source]}; not on disk)"
-        raise CodeinstructError(f"{source}: no config.json found locally to plan from (nothing is downloaded)") from None
+            return preset_config(
+                KNOWN_SHAPES[source]
+            ), f"{source} (shape of preset:{KNOWN_SHAPES[source]}; not on disk)"
+        raise CodeinstructError(
+            f"{source}: no config.json found locally to plan from (nothing is downloaded)"
+        ) from None
 
 
 def model_shape(recipe: Recipe) -> ModelShape:
@@ -103,8 +111,16 @@ def model_shape(recipe: Recipe) -> ModelShape:
     return ModelShape(description, total, block, total - block * len(blocks), lora, hidden, layers, config.vocab_size)
 
 
-def estimate(shape: ModelShape, *, method: str, checkpointing: bool, gpus: int, batch_size: int,
-             max_length: int, bf16: bool = True) -> MemoryEstimate:
+def estimate(
+    shape: ModelShape,
+    *,
+    method: str,
+    checkpointing: bool,
+    gpus: int,
+    batch_size: int,
+    max_length: int,
+    bf16: bool = True,
+) -> MemoryEstimate:
     p, w = shape.parameters, gpus
     half = 2 if bf16 else 4
     trained = p if method == "full" else shape.lora_parameters
@@ -144,7 +160,9 @@ class Plan:
         """Where the recipe does not fit: the fitting settings nearest to it (same method first)."""
         if self.fits() or not self.fitting:
             return None
-        return min(self.fitting, key=lambda e: (e.method != self.chosen.method, e.checkpointing != self.chosen.checkpointing))
+        return min(
+            self.fitting, key=lambda e: (e.method != self.chosen.method, e.checkpointing != self.chosen.checkpointing)
+        )
 
     @property
     def advice(self) -> str | None:
@@ -158,23 +176,38 @@ class Plan:
 
     def as_dict(self) -> dict:
         def gib(e: MemoryEstimate) -> dict:
-            return {k: round(getattr(e, k) / GIB, 2)
-                    for k in ("parameters", "gradients", "optimizer", "buffers", "activations", "overhead", "total")}
+            return {
+                k: round(getattr(e, k) / GIB, 2)
+                for k in ("parameters", "gradients", "optimizer", "buffers", "activations", "overhead", "total")
+            }
 
         return {
-            "model": self.shape.description, "parameters": self.shape.parameters, "gpus": self.gpus,
-            "gpu_mem_gib": self.gpu_mem_gib, "micro_batch": self.micro_batch, "max_length": self.max_length,
-            "estimates": [{"method": e.method, "activation_checkpointing": e.checkpointing, **gib(e), "fits": self.fits(e)}
-                          for e in self.estimates],
-            "recipe": {"method": self.chosen.method, "activation_checkpointing": self.chosen.checkpointing,
-                       "total_gib": round(self.chosen.total / GIB, 2), "fits": self.fits()},
+            "model": self.shape.description,
+            "parameters": self.shape.parameters,
+            "gpus": self.gpus,
+            "gpu_mem_gib": self.gpu_mem_gib,
+            "micro_batch": self.micro_batch,
+            "max_length": self.max_length,
+            "estimates": [
+                {"method": e.method, "activation_checkpointing": e.checkpointing, **gib(e), "fits": self.fits(e)}
+                for e in self.estimates
+            ],
+            "recipe": {
+                "method": self.chosen.method,
+                "activation_checkpointing": self.chosen.checkpointing,
+                "total_gib": round(self.chosen.total / GIB, 2),
+                "fits": self.fits(),
+            },
             "advice": self.advice,
         }
 
     def __iter__(self):
         """Deprecated: `shape, gpus, rows = plan(...)` as before Plan existed."""
-        warnings.warn("unpacking plan() is deprecated; use Plan.shape, Plan.gpus and Plan.estimates",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "unpacking plan() is deprecated; use Plan.shape, Plan.gpus and Plan.estimates",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return iter((self.shape, self.gpus, list(self.estimates)))
 
 
@@ -184,10 +217,19 @@ def plan(recipe: Recipe, gpus: int | None = None, gpu_mem_gib: float = 80.0) -> 
     shape = model_shape(recipe)
     bf16 = recipe.train.precision != "fp32"
     rows = tuple(
-        estimate(shape, method=m, checkpointing=c, gpus=gpus, batch_size=recipe.train.batch_size,
-                 max_length=recipe.data.max_length, bf16=bf16)
+        estimate(
+            shape,
+            method=m,
+            checkpointing=c,
+            gpus=gpus,
+            batch_size=recipe.train.batch_size,
+            max_length=recipe.data.max_length,
+            bf16=bf16,
+        )
         for m in ("full", "lora")
         for c in (False, True)
     )
-    chosen = next(e for e in rows if e.method == recipe.model.method and e.checkpointing == recipe.train.gradient_checkpointing)
+    chosen = next(
+        e for e in rows if e.method == recipe.model.method and e.checkpointing == recipe.train.gradient_checkpointing
+    )
     return Plan(shape, gpus, gpu_mem_gib, recipe.train.batch_size, recipe.data.max_length, rows, chosen)

@@ -68,9 +68,18 @@ def prepare_pretrain(recipe: Recipe) -> PreparedData:
     d = recipe.data
 
     def blocks(epoch: int, n_blocks: int | None = None) -> list[TokenizedExample]:
-        return pretraining_blocks(texts, tokenizer, d.max_length, fim_rate=d.fim_rate, fim_spm_rate=d.fim_spm_rate,
-                                  seed=recipe.seed, epoch=epoch, n_blocks=n_blocks)
+        return pretraining_blocks(
+            texts,
+            tokenizer,
+            d.max_length,
+            fim_rate=d.fim_rate,
+            fim_spm_rate=d.fim_spm_rate,
+            seed=recipe.seed,
+            epoch=epoch,
+            n_blocks=n_blocks,
+        )
 
     first = blocks(0)
-    return PreparedData(tokenizer, first, report, examples_for_epoch=lambda epoch: blocks(epoch, len(first)),
-                        kind="pretrain")
+    return PreparedData(
+        tokenizer, first, report, examples_for_epoch=lambda epoch: blocks(epoch, len(first)), kind="pretrain"
+    )

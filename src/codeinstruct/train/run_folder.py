@@ -56,8 +56,10 @@ class RunFolder:
         # Metrics past the resumed checkpoint describe steps that will be redone.
         write_jsonl(self.metrics, [m for m in read_metrics(self.metrics) if m["step"] <= resumed_step])
         if held_out:
-            write_jsonl(self.path / "held_out.jsonl",
-                        ({"instruction": r.instruction, "input": r.input, "response": r.response} for r in held_out))
+            write_jsonl(
+                self.path / "held_out.jsonl",
+                ({"instruction": r.instruction, "input": r.input, "response": r.response} for r in held_out),
+            )
 
     def log_metrics(self, metrics: dict) -> None:
         with self.metrics.open("a") as f:

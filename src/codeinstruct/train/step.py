@@ -30,13 +30,16 @@ def batch_loss_sum(model, batch: Batch, amp_dtype: torch.dtype | None) -> torch.
     with torch.autocast(batch.input_ids.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids).logits
     return F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), batch.targets.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
+        logits.float().reshape(-1, logits.size(-1)),
+        batch.targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
 
 
-def accumulate_gradients(model, batches: list[tuple[Batch, float]], device, amp_dtype, n_targets: int,
-                         world: int = 1) -> float:
+def accumulate_gradients(
+    model, batches: list[tuple[Batch, float]], device, amp_dtype, n_targets: int, world: int = 1
+) -> float:
     """Backward over this process's micro-batches of one optimizer step; returns their summed loss.
 
     Each micro-batch's summed loss is divided by the target count of the whole step (over all
