@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-slow bench
+.PHONY: demo test test-slow lint bench
 
 $(BIN)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(BIN)/.ready
 
 test-slow: $(BIN)/.ready
 	$(BIN)/python -m pytest -q -m slow
+
+lint: $(BIN)/.ready
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 bench: $(BIN)/.bench-ready
 	$(BIN)/python benchmarks/sft_throughput.py

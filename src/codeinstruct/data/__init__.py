@@ -17,7 +17,8 @@ Training examples:
 
 - `fim`: Fill-in-the-Middle transformation of a document.
 - `pretrain`: documents joined and cut into blocks for causal-LM pretraining.
-- `packing`: batches, packed with isolated examples or padded.
+- `packing`: examples into rows, packed with isolated examples or padded, and rows into tensors.
+- `batches`: which rows each step, micro-batch and rank trains on.
 
 Reports:
 
