@@ -111,7 +111,8 @@ class NovelCode:
                 lines.append(f"    {target} = {self.expr(names)}")
             elif form == 1:
                 lines.append(
-                    f"    if {r.choice(names)} > {self.literal()}:\n        {target} = {self.expr(names)}\n    else:\n        {target} = {self.literal()}"
+                    f"    if {r.choice(names)} > {self.literal()}:\n        {target} = {self.expr(names)}\n"
+                    f"    else:\n        {target} = {self.literal()}"
                 )
             elif form == 2:
                 i = self.name()
@@ -381,7 +382,8 @@ def main() -> None:
         index_bytes = sum(p.stat().st_size for p in index_dir.iterdir())
         corpus_bytes = index.manifest["corpus_bytes"]
         print(
-            f"index: {index_bytes / 1e6:.1f} MB = {index_bytes / corpus_bytes:.1%} of the corpus; opened and checksummed in {open_s * 1e3:.0f} ms"
+            f"index: {index_bytes / 1e6:.1f} MB = {index_bytes / corpus_bytes:.1%} of the corpus; "
+            f"opened and checksummed in {open_s * 1e3:.0f} ms"
         )
 
         queries = make_queries(sources, args.include, args.queries, args.query_bytes, rng)
@@ -448,13 +450,17 @@ def main() -> None:
         + f"   ({args.queries} planted spans of 50-200 tokens per kind)"
     )
     print(
-        f"precision: {results['precision']}  ({correct}/{reported} reported matches correct; {args.queries} negatives); "
-        f"{results['at_planted_lines']:.1%} of found spans name the planted source lines (the others a same-shaped place in the same file)"
+        f"precision: {results['precision']}  ({correct}/{reported} reported matches correct; "
+        f"{args.queries} negatives); "
+        f"{results['at_planted_lines']:.1%} of found spans name the planted source lines "
+        f"(the others a same-shaped place in the same file)"
     )
     print(
-        f"query latency ({args.query_bytes} B): p50 {results['latency_ms']['p50']} ms, p95 {results['latency_ms']['p95']} ms, "
+        f"query latency ({args.query_bytes} B): p50 {results['latency_ms']['p50']} ms, "
+        f"p95 {results['latency_ms']['p95']} ms, "
         f"max {results['latency_ms']['max']} ms; may_contain (lex + hash + Bloom + locator) p50 "
-        f"{results['may_contain_us']['p50']} us, of which the Bloom filter's probes {results['bloom_probe_us']['p50']} us"
+        f"{results['may_contain_us']['p50']} us, "
+        f"of which the Bloom filter's probes {results['bloom_probe_us']['p50']} us"
     )
     print(
         f"held-out real code (this repository's own sources, not indexed): {held_out['chunks']} chunks of 60 lines, "

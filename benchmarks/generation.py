@@ -163,7 +163,8 @@ def main() -> None:
         single = rows["engine x1"]["tok_s"]
         print(
             f"{preset:8} bandwidth bound (single stream): {bound:,.0f} tok/s "
-            f"({weight_bytes_per_step(model) / 1e6:.1f} MB of weights per step); engine x1 reaches {single / bound:.1%} of it"
+            f"({weight_bytes_per_step(model) / 1e6:.1f} MB of weights per step); "
+            f"engine x1 reaches {single / bound:.1%} of it"
         )
         report["presets"][preset] = {"params": params, "bound_tok_s": bound, "rows": rows}
     if args.json:

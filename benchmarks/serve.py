@@ -193,7 +193,8 @@ def main() -> None:
     levels = [int(c) for c in args.clients.split(",")]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset} "
-        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {SLOTS} slots; {args.requests} requests "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {SLOTS} slots; "
+        f"{args.requests} requests "
         f"x {args.new_tokens} new tokens after {args.prompt_tokens}-token prompts, greedy, streamed"
     )
     print("client and server share this machine's cores; on a shared machine absolute figures are noise\n")

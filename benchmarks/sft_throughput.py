@@ -223,7 +223,7 @@ class CpuWatch:
 
 def weighted_tail(losses: list[float], tokens: list[int], k: int) -> float:
     lo, tok = losses[-k:], tokens[-k:]
-    return sum(l * t for l, t in zip(lo, tok)) / sum(tok)
+    return sum(loss * t for loss, t in zip(lo, tok)) / sum(tok)
 
 
 def warmup_steps(total_steps: int) -> int:
@@ -673,14 +673,16 @@ def main() -> None:
             "run again on an idle machine."
         )
     print(
-        f"TRL: pad_token={trl.notes['pad_token']!r} (id {trl.notes['pad_token_id']}) = EOS (id {trl.notes['eos_token_id']}); "
+        f"TRL: pad_token={trl.notes['pad_token']!r} (id {trl.notes['pad_token_id']}) "
+        f"= EOS (id {trl.notes['eos_token_id']}); "
         f"tokenization mismatches vs codeinstruct: {trl.notes['tokenization_mismatches_vs_codeinstruct']}; "
         f"EOS per example: {trl.notes['examples_with_eos_count']}; examples ending in a labelled EOS: "
         f"{trl.notes['examples_ending_in_labelled_eos']}/{len(train_examples)}; in the trained batches: "
         f"{trl.notes['rows_whose_last_real_label_is_eos_in_batches']}"
     )
     print(
-        f"     same batches, in the same order, as codeinstruct padding: {trl.notes['same_batches_as_codeinstruct_padding']}"
+        f"     same batches, in the same order, as codeinstruct padding: "
+        f"{trl.notes['same_batches_as_codeinstruct_padding']}"
     )
     print(
         f"     transformers' DataCollatorForLanguageModeling with the same tokenizer would mask "

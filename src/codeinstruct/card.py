@@ -125,19 +125,23 @@ def model_card(run_dir: str | Path, evaluations: list[str | Path] = (), kind: st
         + (f" ({len(sources)} entries)" if len(sources) > len(set(sources)) else "")
     )
     out.append(
-        f"- sequence length {data['max_length']}, packing {'on (examples isolated by a block-diagonal mask)' if data.get('packing') else 'off'}"
+        f"- sequence length {data['max_length']}, packing "
+        f"{'on (examples isolated by a block-diagonal mask)' if data.get('packing') else 'off'}"
     )
     if pretraining:
         out.append(f"- Fill-in-the-Middle rate {data.get('fim_rate')}, SPM rate {data.get('fim_spm_rate')}")
     out.append(
-        f"- {train['epochs']} epochs, learning rate {train['lr']} ({train['schedule']}, warmup {train['warmup_ratio']}), "
+        f"- {train['epochs']} epochs, learning rate {train['lr']} "
+        f"({train['schedule']}, warmup {train['warmup_ratio']}), "
         f"AdamW betas {tuple(train['betas'])}, weight decay {train['weight_decay']}, "
-        f"{train['batch_size']} x {train['grad_accum']} rows per step, precision {train['precision']}, seed {recipe['seed']}"
+        f"{train['batch_size']} x {train['grad_accum']} rows per step, "
+        f"precision {train['precision']}, seed {recipe['seed']}"
     )
     if lora:
         lc = model.get("lora", {})
         out.append(
-            f"- LoRA rank {lc.get('r')}, alpha {lc.get('alpha')}, dropout {lc.get('dropout')}; the adapter alone is in `adapter/`"
+            f"- LoRA rank {lc.get('r')}, alpha {lc.get('alpha')}, dropout {lc.get('dropout')}; "
+            "the adapter alone is in `adapter/`"
         )
     if not pretraining:
         out.append("- loss on the response and EOS only (the prompt is masked)")

@@ -62,16 +62,32 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
     return Path(path)
 
 
+def read_error(path: Path, error: OSError) -> CodeinstructError:
+    """The one-line error for a file that cannot be read."""
+    if isinstance(error, FileNotFoundError):
+        return CodeinstructError(f"{path}: no such file")
+    if isinstance(error, IsADirectoryError):
+        return CodeinstructError(f"{path}: is a directory, not a file")
+    return CodeinstructError(f"{path}: cannot read ({error.strerror or error})")
+
+
 def read_bytes(path: str | Path) -> bytes:
     path = Path(path)
     try:
         return path.read_bytes()
-    except FileNotFoundError:
-        raise CodeinstructError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CodeinstructError(f"{path}: is a directory, not a file") from None
     except OSError as e:
-        raise CodeinstructError(f"{path}: cannot read ({e.strerror})") from None
+        raise read_error(path, e) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file, or a one-line error naming the file (and the line of a bad byte)."""
+    path = Path(path)
+    raw = read_bytes(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise CodeinstructError(f"{path}: line {line}: not valid UTF-8") from None
 
 
 def iter_jsonl(
@@ -89,12 +105,8 @@ def iter_jsonl(
             with open(path, "rb") as f:
                 yield from iter_jsonl(path, f, objects_only)
             return
-        except FileNotFoundError:
-            raise CodeinstructError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise CodeinstructError(f"{path}: is a directory, not a file") from None
         except OSError as e:
-            raise CodeinstructError(f"{path}: cannot read ({e.strerror})") from None
+            raise read_error(path, e) from None
     for line_no, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):
             try:

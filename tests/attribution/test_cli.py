@@ -77,7 +77,7 @@ def test_benchmark_check(cli, index_dir):
     ("args", "message"),
     [
         (["check", "{tmp}/nowhere", "{query}"], "no attribution index here"),
-        (["check", "{index}", "{tmp}/missing.py"], "missing.py: cannot read"),
+        (["check", "{index}", "{tmp}/missing.py"], "missing.py: no such file"),
         (["check", "{index}"], "give the code to check"),
         (["check", "{index}", "{query}", "--benchmark", "humaneval"], "not both"),
         (["check", "{index}", "{query}", "--min-tokens", "20"], "finds spans of 50 tokens or more"),

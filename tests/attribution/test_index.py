@@ -238,7 +238,10 @@ def test_parallel_build_writes_the_same_index(tmp_path, corpus, monkeypatch):
     serial = build_index(corpus, tmp_path / "serial", workers=1)
     parallel = build_index(corpus, tmp_path / "parallel", workers=2)
     assert serial.index_bytes == parallel.index_bytes
-    manifest = lambda p: json.loads((p / "manifest.json").read_text())
+
+    def manifest(p):
+        return json.loads((p / "manifest.json").read_text())
+
     assert manifest(tmp_path / "serial") == manifest(tmp_path / "parallel")
 
 

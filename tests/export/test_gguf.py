@@ -124,7 +124,8 @@ def test_f16_and_q8_0_quantize_only_the_matrices(exported, model_dir):
                 assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0, t.name
                 got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(want.shape)
                 blocks, err = want.reshape(-1, 32), np.abs(got - want).reshape(-1, 32)
-                # q8_0: one fp16 scale amax/127 per 32 values; rounding error at most half a step (plus the scale's rounding)
+                # q8_0: one fp16 scale amax/127 per 32 values; rounding error at most half a step
+                # (plus the scale's rounding)
                 assert (err <= np.abs(blocks).max(axis=1, keepdims=True) / 127 * 0.6 + 1e-12).all(), t.name
     sizes = [exported[t].n_bytes for t in ("f32", "f16", "q8_0")]
     assert sizes[0] > sizes[1] > sizes[2]

@@ -92,7 +92,8 @@ def test_llama_cpp_matches_codeinstruct(llama_cpp, tokenizer, tmp_path, multi_qu
                 diff = np.abs(logits - reference).max()
                 agree = (logits.argmax(-1) == reference.argmax(-1)).mean()
                 print(
-                    f"{kind} {'mq' if multi_query else 'mh'}: max |logit diff| {diff:.2e}, top-1 agreement {agree:.0%}, "
+                    f"{kind} {'mq' if multi_query else 'mh'}: max |logit diff| {diff:.2e}, "
+                    f"top-1 agreement {agree:.0%}, "
                     f"greedy equal {greedy == expected}"
                 )
                 if kind == "f32":

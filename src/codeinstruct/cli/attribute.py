@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from codeinstruct.cli.app import console, err_console
+from codeinstruct.cli.app import console, err_console, reading_progress
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.files import read_text
 
 
 # ---------------------------------------------------------------- attribute
@@ -39,26 +40,10 @@ def attribute_index(
 ):
     """Index a code corpus for attribution: token views, a Bloom filter and winnowed fingerprints."""
     from rich.filesize import decimal
-    from rich.progress import (
-        DownloadColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
-
     from codeinstruct.attribution import build_index
 
-    # On stderr, like `corpus stats`, so that stdout holds only the result; none when stderr is not a terminal.
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.fields[documents]:,} documents"),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+    # stdout holds only the result; no bar when stderr is not a terminal
+    with reading_progress(disable=not err_console.is_terminal) as progress:
         task = progress.add_task("indexing", total=None, documents=0)
         summary = build_index(
             sources,
@@ -135,10 +120,7 @@ def attribute_check(
     if file == "-":
         code = sys.stdin.read()
     else:
-        try:
-            code = Path(file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CodeinstructError(f"{file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        code = read_text(file)
         if language is None:
             from codeinstruct.data.languages import language_of
 

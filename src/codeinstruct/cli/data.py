@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from codeinstruct.cli.app import console, err_console, quiet_libraries
+from codeinstruct.cli.app import console, quiet_libraries, reading_progress
 from codeinstruct.errors import CodeinstructError
 
 
@@ -153,27 +153,10 @@ def corpus_stats(
 ):
     """Count documents, bytes, skipped files by reason, languages and licenses of a code corpus."""
     from rich.filesize import decimal
-    from rich.progress import (
-        DownloadColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
-
     from codeinstruct.data.corpus import CorpusReport, iter_documents
 
     report = CorpusReport()
-    # On stderr, so that --json output stays parseable.
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.fields[documents]:,} documents"),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with reading_progress() as progress:
         task = progress.add_task("reading", total=None, documents=0)
         for n, _ in enumerate(
             iter_documents(sources, include=include or None, max_file_bytes=max_file_bytes, report=report)

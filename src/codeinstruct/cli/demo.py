@@ -1,4 +1,6 @@
-"""`codeinstruct demo`: the whole pipeline offline; the stages are library calls (codeinstruct.demo), this prints them."""
+"""`codeinstruct demo`: the whole pipeline offline; the stages are library calls (codeinstruct.demo),
+this prints them.
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from codeinstruct.cli.app import console, err_console, quiet_libraries
+from codeinstruct.cli.app import console, err_console, quiet_libraries, step_progress
 from codeinstruct.errors import CodeinstructError
 
 
@@ -21,25 +21,7 @@ eval_app = typer.Typer(
 
 
 def _eval_progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    # On stderr, so that --json output stays parseable.
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err_console,
-    )
+    return step_progress(err_console)  # on stderr, so that --json output stays parseable
 
 
 @eval_app.command("humaneval")
@@ -140,7 +122,10 @@ def eval_score(
         return
     errors = Counter(o["error_type"] for t in report.tasks for o in t["outcomes"] if o["status"] == "error")
     table = Table(
-        title=f"{Path(report.benchmark).name}: {report.samples} samples, {report.problems} of {report.benchmark_problems} problems",
+        title=(
+            f"{Path(report.benchmark).name}: {report.samples} samples, "
+            f"{report.problems} of {report.benchmark_problems} problems"
+        ),
         show_header=False,
     )
     for name, value in report.pass_at_k.items():
@@ -160,7 +145,10 @@ def eval_leaderboard(
     tasks: Annotated[
         list[str] | None,
         typer.Option(
-            help="arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k, drop, or any lm-eval task; comma-separated or repeated (default: all seven)"
+            help=(
+                "arc, hellaswag, mmlu, truthfulqa, winogrande, gsm8k, drop, or any lm-eval task; "
+                "comma-separated or repeated (default: all seven)"
+            )
         ),
     ] = None,
     limit: Annotated[float | None, typer.Option(min=0.0, help="examples per task (a fraction if below 1)")] = None,

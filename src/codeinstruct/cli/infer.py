@@ -10,6 +10,7 @@ import typer
 
 from codeinstruct.cli.app import app, quiet_libraries
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.files import read_text
 
 
 # ---------------------------------------------------------------- generate
@@ -37,10 +38,7 @@ def generate(
         raise CodeinstructError("give --input or --input-file, not both")
     context = input or ""
     if input_file is not None:
-        try:
-            context = input_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CodeinstructError(f"{input_file}: cannot read ({e})") from None
+        context = read_text(input_file)
     params = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     quiet_libraries()
     engine = Engine.from_pretrained(model, max_batch_size=1)
@@ -71,12 +69,7 @@ def complete(
     from codeinstruct.infer.engine import Engine
     from codeinstruct.infer.generate import complete_middle
 
-    texts = []
-    for f in (prefix_file, suffix_file):
-        try:
-            texts.append(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise CodeinstructError(f"{f}: cannot read ({e})") from None
+    texts = [read_text(prefix_file), read_text(suffix_file)]
     params = _sampling(max_new_tokens, temperature, top_k, top_p, 1.0, seed)
     quiet_libraries()
     engine = Engine.from_pretrained(model, max_batch_size=1)

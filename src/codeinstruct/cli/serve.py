@@ -38,7 +38,8 @@ def serve(
         str | None, typer.Option(help="the name /v1/models reports (default: the run's name)")
     ] = None,
 ):
-    """OpenAI-compatible server (/v1/completions with FIM suffix, /v1/chat/completions, /v1/models) and a playground at /."""
+    """OpenAI-compatible server (/v1/completions with FIM suffix, /v1/chat/completions, /v1/models) \
+and a playground at /."""
     from codeinstruct.serve import ServerSettings, build_app, listen, run_server
 
     quiet_libraries()

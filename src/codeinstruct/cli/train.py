@@ -1,4 +1,6 @@
-"""`codeinstruct finetune`, `pretrain`, `plan` and `card`: training with a progress bar, and what it needs and writes."""
+"""`codeinstruct finetune`, `pretrain`, `plan` and `card`: training with a progress bar,
+and what it needs and writes.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from codeinstruct.cli.app import app, console, quiet_libraries
+from codeinstruct.cli.app import app, console, quiet_libraries, step_progress
 
 
 # ---------------------------------------------------------------- finetune
@@ -38,25 +40,11 @@ class _ProgressObserver:
 
 
 def _progress(what: str):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[tps]:,.0f} " + ("tok/s" if what == "pretrain" else "target tok/s")),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
+    rate = "tok/s" if what == "pretrain" else "target tok/s"
+    return step_progress(
+        console, TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} " + rate)
     )
 
 
@@ -141,7 +129,8 @@ def pretrain(
     n_tokens = sum(len(e.input_ids) for e in data.examples)
     console.print(
         f"{data.report.documents} documents ({data.report.bytes / 1e6:.1f} MB) -> {n_tokens:,} tokens in "
-        f"{len(data.examples)} blocks of {recipe.data.max_length}; FIM rate {recipe.data.fim_rate}, SPM rate {recipe.data.fim_spm_rate}"
+        f"{len(data.examples)} blocks of {recipe.data.max_length}; "
+        f"FIM rate {recipe.data.fim_rate}, SPM rate {recipe.data.fim_spm_rate}"
     )
     train_with_progress(recipe, data, resume, "pretrain")
 

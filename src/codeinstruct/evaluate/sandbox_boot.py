@@ -73,7 +73,9 @@ def check(ret: int, what: str) -> None:
 
 
 def mount(source, target, fstype, flags, data=None) -> None:
-    enc = lambda s: None if s is None else s.encode()
+    def enc(s):
+        return None if s is None else s.encode()
+
     check(libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 

@@ -220,7 +220,8 @@ def _read_vocab(model_dir: Path, config: dict, n_vocab: int) -> _Vocab:
         special[int(added["id"])] = bool(added.get("special"))
     if id_to_token and max(id_to_token) >= n_vocab:
         raise CodeinstructError(
-            f"{model_dir}: the tokenizer has token id {max(id_to_token)} but the model has only {n_vocab} embedding rows"
+            f"{model_dir}: the tokenizer has token id {max(id_to_token)} "
+            f"but the model has only {n_vocab} embedding rows"
         )
     tokens, types = [], []
     for i in range(n_vocab):
