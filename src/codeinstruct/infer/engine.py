@@ -33,7 +33,7 @@ from codeinstruct.infer.requests import (  # noqa: F401  (Choice: importable fro
     Sequence,
     StreamEvent,
 )
-from codeinstruct.infer.runners import ModelRunner, runner_for
+from codeinstruct.infer.runners import GPTBigCodeRunner, ModelRunner, TransformersRunner, runner_for  # noqa: F401
 from codeinstruct.infer.sampling import SamplingParams, choose_token
 from codeinstruct.modeling import context_length, load_for_inference
 from codeinstruct.prompts import encode_text

@@ -37,9 +37,10 @@ from codeinstruct.train.run_folder import RunFolder
 from codeinstruct.train.step import accumulate_gradients, clip_gradients
 
 # Importable from here as before they moved to their own modules (code written against earlier versions).
-from codeinstruct.data.batches import collate_rows, epoch_micro_batches, make_rows  # noqa: F401
+from codeinstruct.data.batches import collate_rows, epoch_micro_batches, make_rows, row_target_counts  # noqa: F401
 from codeinstruct.devices import pick_device  # noqa: F401
 from codeinstruct.train.prepare import prepare_pretrain, prepare_sft  # noqa: F401
+from codeinstruct.train.run_folder import plot_loss  # noqa: F401
 from codeinstruct.train.step import batch_loss_sum, model_attention_mask  # noqa: F401
 
 
