@@ -45,6 +45,17 @@ def test_check_json_and_stdin(cli, index_dir, monkeypatch):
         "tokens": match["tokens"],
         "kind": "verbatim",
         "copies": 1,
+        "sources": [
+            {
+                "repo": "octo/timers",
+                "path": "timers/scheduler.py",
+                "license": "GPL-3.0-only",
+                "source_lines": [13, 30],
+                "query_lines": [6, 23],
+                "tokens": match["tokens"],
+                "kind": "verbatim",
+            }
+        ],
     }
 
 

@@ -13,6 +13,7 @@ from codeinstruct.attribution.fingerprint import (
     keys_of,
     kgram_hashes,
     previous_same,
+    sliding_minima,
     window_params,
     winnow,
 )
@@ -82,6 +83,8 @@ def test_winnow_keeps_every_window_minimum(values, w):
         expected.update((s + np.flatnonzero(window == window.min())).tolist())
     assert set(kept.tolist()) == expected
     assert np.array_equal(kept_values, hashes[kept])
+    minima = [int(hashes[s : s + w].min()) for s in range(len(values) - w + 1)]
+    assert sliding_minima(hashes, w).tolist() == minima
 
 
 def random_tokens(draw_rng: np.random.Generator, n: int) -> tuple[list[int], list[int]]:

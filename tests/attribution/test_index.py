@@ -166,8 +166,12 @@ def test_report_json_shape(index):
         "tokens",
         "kind",
         "copies",
+        "sources",
     }
     assert data["matches"][0]["source_lines"] == [10, 25]
+    [source] = data["matches"][0]["sources"]
+    assert source == {key: data["matches"][0][key] for key in source}
+    assert set(source) == {"repo", "path", "license", "source_lines", "query_lines", "tokens", "kind"}
 
 
 def test_concurrent_readers_get_the_same_answers(index_dir):

@@ -9,6 +9,7 @@ from codeinstruct.attribution.normalize import (
     LITERAL,
     NAME,
     OTHER,
+    StoredView,
     TokenView,
     decode_view,
     encode_view,
@@ -79,6 +80,32 @@ def test_stored_chunks_put_together_equal_the_whole():
         for a in range(0, len(tokens), 100)
     ]
     assert same_view(TokenView.concatenate(parts), whole)
+
+
+def test_a_range_of_a_stored_view_reads_as_the_decoded_view():
+    code = HULL + '    s = """two\nlines"""\n    t = "\u00e9t\u00e9 " + "x" * 30\n' + SCHEDULER
+    tokens = PY.scan(code)
+    stored = StoredView(encode_view(tokens).encode("utf-8", "surrogatepass"), first_line=7)
+    whole = decode_view(encode_view(tokens)).shifted(6)
+    assert len(stored) == len(whole)
+    for a, b in [(0, len(whole)), (0, 1), (17, 140), (len(whole) - 40, len(whole))]:
+        part, expected = stored.view(a, b), whole.slice(a, b)
+        assert same_view(part, expected) and np.array_equal(part.sizes, expected.sizes)
+        assert np.array_equal(stored.kinds[a:b], expected.kinds)
+        assert [tuple(x) for x in stored.lines(a, b)] == [tuple(whole.lines[a:b]), tuple(whole.end_lines[a:b])]
+
+
+def test_stored_keys_are_equal_exactly_for_equal_tokens():
+    tokens = PY.scan(HULL + TEXTKIT + SCHEDULER)
+    keys = StoredView(encode_view(tokens).encode("utf-8", "surrogatepass")).keys
+    assert len(keys) == len(tokens)
+    pairs = set(zip(tokens.kinds, tokens.texts))
+    assert len(set(keys.tolist())) == len(pairs)
+    by_token = {pair: key for pair, key in zip(zip(tokens.kinds, tokens.texts), keys.tolist())}
+    assert [by_token[pair] for pair in zip(tokens.kinds, tokens.texts)] == keys.tolist()
+    # Where a token is stored does not change its key.
+    again = StoredView(encode_view(tokens.slice(100, 300)).encode("utf-8", "surrogatepass")).keys
+    assert again.tolist() == keys[100:300].tolist()
 
 
 def test_languages_pick_their_lexers():

@@ -15,13 +15,17 @@ whole lines of the query, and end lines are dropped while none of their names or
 is evidence (identical, or renamed but used elsewhere in the span).
 
 A span whose tokens are all identical is ``verbatim`` (whitespace, comments and quote style
-aside); otherwise ``renamed``. A renamed span must also carry evidence that it was copied:
-a consistent renaming says little when the code is one statement shape over and over (a
-column of imports, a constructor assigning ``self.x = x`` for ten fields, a table of
-numbers), which unrelated files share by construction, nor when most of its values differ
-(the same test shape over other data). So a renamed span is reported when it keeps at least
-half of its literals (if it has three or more), and it is varied (many distinct token shapes)
-or keeps at least 64 characters of literals unchanged (the same docstrings, table entries).
+aside); otherwise ``renamed``. Every identical stretch of ``min_tokens`` or more that no reported
+run holds is reported as verbatim, also where the renamed stretch around it (same-shaped code
+around a copy) fails the checks below.
+
+A renamed span must also carry evidence that it was copied: a consistent renaming says little
+when the code is one statement shape over and over (a column of imports, a constructor
+assigning ``self.x = x`` for ten fields, a table of numbers), which unrelated files share by
+construction, nor when most of its values differ (the same test shape over other data). So a
+renamed span is reported when it keeps at least half of its literals (if it has three or
+more), and it is varied (many distinct token shapes) or keeps at least 64 characters of
+literals unchanged (the same docstrings, table entries).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 from codeinstruct.attribution.fingerprint import abstract_codes
 from codeinstruct.attribution.normalize import LITERAL, OTHER, TokenView
 
-__all__ = ["Run", "aligned_runs", "is_varied"]
+__all__ = ["Run", "aligned_runs", "identical_run", "is_varied"]
 
 # A renamed span must have at least this share of distinct abstract 6-grams. Measured on the
 # standard library: boilerplate (imports, constructors, tables, argparse calls) has 0.04-0.25,
@@ -105,7 +109,11 @@ def aligned_runs(
                 start = lowest_start
         if (b - a) - start >= min_tokens:
             runs.append(_run(a + start, b, q_lo, diagonal, same_text))
-    if not runs:
+    # Identical stretches are copies whatever surrounds them: where a renamed run that also spans
+    # same-shaped code around a verbatim copy fails the evidence checks, the copy is still reported.
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], same_text.view(np.int8), [0]))))
+    identical = [(a, b) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()) if b - a >= min_tokens]
+    if not runs and not identical:
         return []
     following = _next_same(query_prev)
     out = []
@@ -113,7 +121,19 @@ def aligned_runs(
         run = _trimmed(run, query, query_prev, following, same_text, q_lo, min_tokens)
         if run.verbatim or _copied(query, run, same_text[run.q_start - q_lo : run.q_end - q_lo]):
             out.append(run)
+    for a, b in identical:
+        run = _trimmed(_run(a, b, q_lo, diagonal, same_text), query, query_prev, following, same_text, q_lo, min_tokens)
+        if not any(kept.q_start <= run.q_start and run.q_end <= kept.q_end for kept in out):
+            out.append(run)
     return out
+
+
+def identical_run(query: TokenView, query_prev: np.ndarray, start: int, end: int, min_tokens: int) -> Run:
+    """The span aligned_runs reports for query tokens [start, end) where a source holds them as they
+    are (cut to whole lines as any run is); in query positions on both sides."""
+    same_text = np.ones(end - start, dtype=bool)
+    run = Run(start, end, start, end, True)
+    return _trimmed(run, query, query_prev, _next_same(query_prev), same_text, start, min_tokens)
 
 
 def _copied(query: TokenView, run: Run, same_text: np.ndarray) -> bool:

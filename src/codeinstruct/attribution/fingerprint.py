@@ -39,7 +39,7 @@ __all__ = [
     "keys_of",
     "kgram_hashes",
     "previous_same",
-    "window_minima",
+    "sliding_minima",
     "window_params",
     "winnow",
 ]
@@ -239,11 +239,11 @@ def winnow(hashes: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     return hashes[positions], positions
 
 
-def window_minima(hashes: np.ndarray, w: int) -> np.ndarray:
-    """The distinct minima of the windows of w consecutive k-gram hashes."""
+def sliding_minima(hashes: np.ndarray, w: int) -> np.ndarray:
+    """The minimum of each window of w consecutive k-gram hashes (len(hashes) - w + 1 of them, or none)."""
     if len(hashes) < w:
         return np.zeros(0, dtype=np.uint64)
-    return np.unique(_van_herk(hashes, w, np.minimum, np.iinfo(np.uint64).max))
+    return _van_herk(hashes, w, np.minimum, np.iinfo(np.uint64).max)
 
 
 PROBES = 11

@@ -3,37 +3,52 @@
 The files are those of ``attribution.format`` (``build`` writes them). Numbers live in
 ``.npy`` files opened with ``numpy.load(mmap_mode="r")``: opening reads the manifest and
 checksums the files, and nothing is decoded until a query needs it. Readers share nothing
-mutable but a cache of decoded chunks (``functools.lru_cache`` is thread-safe) and keep a zstd
+mutable but a cache of read chunks (``functools.lru_cache`` is thread-safe) and keep a zstd
 decompressor per thread, so one index serves concurrent requests.
 
-A check verifies candidates, most specific evidence first, until every part of the query
-that has evidence is covered by a verified span (or a budget runs out); the other candidates
-are only counted: ``copies`` is the number of documents whose fingerprints include every
-fingerprint of the reported span (the verified document among them).
+A check finds every span of ``min_tokens`` tokens or more that the code shares with an indexed
+text (verbatim, re-laid-out or consistently renamed), however many texts hold it:
+
+1. Places. A shared span of t = w + k - 1 tokens or more contains whole windows of w k-grams,
+   and the minimum of each is a fingerprint of the query and of the text, on one diagonal
+   (text position minus query position). So every (query position, posting) pair with the same
+   key is taken, each query window whose minimum a text holds on a diagonal is marked, and
+   consecutive marked windows make a place: (text, diagonal, query range). Every span lies in
+   one place; a place with fewer windows than a span of min_tokens has holds none. Nothing is
+   dropped for want of specificity: a fragment held by thousands of files is a place in each.
+2. Stretches. The text is read over each place (``StoredView``: chunks located, not decoded),
+   as far as its tokens can face the query's (same kinds, same keywords and punctuation: tokens
+   compared by hashes of their stored form). Only such a stretch of min_tokens can hold a span.
+3. Verification. Where the text holds the query's tokens as they are over one stretch of
+   min_tokens and nothing around it could align but parts of lines, that identical stretch is
+   the span (align.identical_run, the same for every text): a span held by thousands of files
+   costs a comparison per file. Other stretches are aligned token by token (align.aligned_runs);
+   the result depends only on the stretch's tokens and where it faces the query, so a stretch
+   repeated by near-copies is aligned once, and ``max_verified`` bounds the distinct alignments.
+
+Every holder is a verified span with its own lines; report.assemble groups, counts and lists them.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import mmap
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 import zstandard
 
-from codeinstruct.attribution.align import Run, aligned_runs
+from codeinstruct.attribution.align import Run, aligned_runs, identical_run
 from codeinstruct.attribution.fingerprint import (
     BloomFilter,
     keys_of,
     kgram_hashes,
     previous_same,
-    window_minima,
+    sliding_minima,
     window_params,
 )
 from codeinstruct.attribution.format import (
@@ -50,25 +65,25 @@ from codeinstruct.attribution.format import (
     VIEWS_FILE,
     file_checksum,
 )
-from codeinstruct.attribution.normalize import TokenView, decode_view, scanner_for, scanner_named, view_of
+from codeinstruct.attribution.normalize import (
+    OTHER,
+    StoredView,
+    TokenView,
+    encode_view,
+    scanner_for,
+    scanner_named,
+    view_of,
+)
 from codeinstruct.attribution.report import AttributionReport, SourceSpan, assemble
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.files import read_bytes
 
 __all__ = ["AttributionIndex"]
 
-_MAX_SEED_PAIRS = 20_000  # (query, source) position pairs considered per source
-_MAX_DIAGONALS = 16  # alignments tried per source, most seeded first
-_RENAMED_RECHECKS = 8  # sources verified, at most, in hope of a verbatim match where a renamed one is known
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    text: int
-    keys: np.ndarray  # the query's fingerprint keys found in this text (distinct)
-    hit_keys: np.ndarray  # each posting hit: its key ...
-    hit_positions: np.ndarray  # ... and its token position in the text
-    score: float
+_MAX_PAIRS = 2_000_000  # (query position, posting) pairs per query; see _clusters
+_MAX_VERIFIED = 256  # distinct stretches aligned per query and lexer, at most (check's max_verified)
+_REACH = 8  # tokens read beyond a place on each side (a span's first token may fingerprint otherwise there)
+_GROW = 64  # tokens read at a time where a stretch goes on past what was read
 
 
 class AttributionIndex:
@@ -95,6 +110,8 @@ class AttributionIndex:
         self.postings = arrays["postings"]
         self.texts = arrays["texts"]
         self._first_tokens = np.ascontiguousarray(self.texts["first_token"])
+        self._text_tokens = np.asarray(self.texts["tokens"], dtype=np.int64)
+        self._first_chunks = np.asarray(self.texts["first_chunk"], dtype=np.int64)
         self.chunks = arrays["chunks"]
         self.documents = arrays["documents"]
         self.text_documents = arrays["text_documents"]
@@ -103,7 +120,7 @@ class AttributionIndex:
         self.strings = strings
         self.dictionary = dictionary
         self._local = threading.local()
-        self._chunk = functools.lru_cache(maxsize=1024)(self._decode_chunk)
+        self._chunk = functools.lru_cache(maxsize=1024)(self._read_chunk)
         names = sorted(manifest["scanners"].items(), key=lambda kv: (-kv[1], kv[0]))
         self._scanners = [s for s in (scanner_named(name) for name, _ in names) if s is not None]
 
@@ -245,22 +262,28 @@ class AttributionIndex:
     # ------------------------------------------------------------ queries
 
     def check(
-        self, code: str, min_tokens: int | None = None, language: str | None = None, max_verified: int = 32
+        self,
+        code: str,
+        min_tokens: int | None = None,
+        language: str | None = None,
+        max_verified: int = _MAX_VERIFIED,
     ) -> AttributionReport:
         """Every verified span of ``min_tokens`` or more tokens that ``code`` shares with the corpus.
 
         ``language`` picks the lexer for the code (a corpus language name such as "Python");
         by default the code is read with the lexer of every language in the index.
-        ``max_verified`` bounds how many candidate sources are aligned per lexer; candidates
-        are taken most specific first and only while they can attribute code not yet
-        attributed, so the bound matters only for code with evidence in very many files.
+        ``max_verified`` bounds the distinct stretches aligned token by token per lexer (see the
+        module docstring): stretches that hold the code as it is, and stretches equal to one
+        already aligned, do not count, so it binds only where very many different texts share
+        different renamed variants of the code.
         """
         min_tokens = self._min_tokens(min_tokens)
         spans: list[SourceSpan] = []
         for scanner in self._scanners_for(language):
-            query = view_of(scanner.scan(code))
-            if len(query) >= min_tokens:
-                spans.extend(self._find(query, min_tokens, max_verified))
+            tokens = scanner.scan(code)
+            if len(tokens) >= min_tokens:
+                stored = StoredView(encode_view(tokens).encode("utf-8", "surrogatepass"))
+                spans.extend(self._find(view_of(tokens), stored.keys, min_tokens, max_verified))
         return assemble(spans, self.documents_of, min_tokens)
 
     def may_contain(self, code: str, language: str | None = None) -> bool:
@@ -305,126 +328,191 @@ class AttributionIndex:
         same = self.keys_lo[rows] == np.repeat(lo, counts)
         return rows[same], np.repeat(keys, counts)[same], np.repeat(counts, counts)[same]
 
-    def _candidates(self, keys: np.ndarray, positions: dict[int, list[int]]) -> list[_Candidate]:
-        """Stored texts sharing fingerprints with the query, most specific evidence first.
-
-        A text's score is the weight of its best alignment: hits that put the same source
-        token against the same query token (one diagonal) add up, each weighing 1/(its
-        fingerprint's postings). A copy shows as several rare hits on one diagonal; a text
-        that only shares common fragments, as scattered ones.
-        """
-        rows, hit_keys, postings_per_key = self._lookup(keys)
-        if not len(rows):
+    def _clusters(self, hashes: np.ndarray, min_tokens: int) -> list[tuple[int, int, int, int]]:
+        """(text, diagonal, first query token, end) of every place that can hold a shared span of
+        ``min_tokens`` tokens or more, most evidence first; see the module docstring."""
+        k, w = self.k, self.w
+        keys = keys_of(hashes)
+        rows, hit_keys, _ = self._lookup(keys)
+        minima = sliding_minima(hashes, w)
+        if not len(rows) or not len(minima):
             return []
-        global_positions = np.asarray(self.postings[rows], dtype=np.int64)
-        first_tokens = self._first_tokens
-        hit_texts = np.searchsorted(first_tokens, global_positions, "right") - 1
-        hit_positions = global_positions - first_tokens[hit_texts].astype(np.int64)
-        weights = 1.0 / postings_per_key
-        order = np.argsort(hit_texts, kind="stable")
-        bounds = np.flatnonzero(np.diff(hit_texts[order])) + 1
-        candidates = []
-        for ix in np.split(order, bounds):
-            text_keys = hit_keys[ix].tolist()
-            diagonals: collections.Counter[int] = collections.Counter()
-            for key, position, weight in zip(text_keys, hit_positions[ix].tolist(), weights[ix].tolist()):
-                for i in positions[key][:8]:
-                    diagonals[position - i] += weight
-            score = max(diagonals.values())
-            text = int(hit_texts[ix[0]])
-            candidates.append(_Candidate(text, np.unique(hit_keys[ix]), hit_keys[ix], hit_positions[ix], score))
-        candidates.sort(key=lambda c: (-c.score, c.text))
-        return candidates
-
-    def _find(self, query: TokenView, min_tokens: int, max_verified: int) -> list[SourceSpan]:
-        query_prev = previous_same(query)
-        query_hashes = kgram_hashes(query, self.k, query_prev)
-        query_keys = keys_of(query_hashes)
-        positions: dict[int, list[int]] = collections.defaultdict(list)
-        for i, key in enumerate(query_keys.tolist()):
-            positions[key].append(i)
-        candidates = self._candidates(query_keys, positions)
-        if not candidates:
+        # Every (query position, posting) pair with the same key.
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        left = np.searchsorted(sorted_keys, hit_keys, "left")
+        counts = np.searchsorted(sorted_keys, hit_keys, "right") - left
+        if counts.sum() > _MAX_PAIRS:
+            # Only where one k-gram repeats very often in the query and the corpus (runs of one
+            # token): the most repeated keys go first.
+            kept = np.argsort(counts, kind="stable")
+            kept = np.sort(kept[np.cumsum(counts[kept]) <= _MAX_PAIRS])
+            rows, left, counts = rows[kept], left[kept], counts[kept]
+        total = int(counts.sum())
+        firsts = np.cumsum(counts) - counts
+        query_positions = order[np.repeat(left - firsts, counts) + np.arange(total)]
+        global_positions = np.repeat(np.asarray(self.postings[rows], dtype=np.int64), counts)
+        texts = np.searchsorted(self._first_tokens, global_positions, "right") - 1
+        diagonals = global_positions - self._first_tokens[texts].astype(np.int64) - query_positions
+        # The windows each position is the minimum of (a contiguous range, possibly empty).
+        positions = np.unique(query_positions)
+        starts = positions[:, None] - np.arange(w)[None, :]
+        is_minimum = (starts >= 0) & (starts < len(minima))
+        is_minimum &= minima[np.clip(starts, 0, len(minima) - 1)] == hashes[positions][:, None]
+        first_window = np.where(is_minimum, starts, len(minima)).min(axis=1)
+        last_window = np.where(is_minimum, starts, -1).max(axis=1)
+        at = np.searchsorted(positions, query_positions)
+        useful = last_window[at] >= 0
+        texts, diagonals, lo, hi = texts[useful], diagonals[useful], first_window[at][useful], last_window[at][useful]
+        if not len(texts):
             return []
-        covered_verbatim = np.zeros(len(query_keys), dtype=bool)  # by k-gram start
-        covered = np.zeros(len(query_keys), dtype=bool)
-        found: list[tuple[int, Run]] = []
-        verified = 0
-        for candidate in candidates:
-            query_positions = np.fromiter(
-                (i for key in candidate.keys.tolist() for i in positions[key]), dtype=np.int64
+        # Windows whose minimum a text holds on one diagonal, merged into runs of consecutive windows.
+        order = np.lexsort((lo, diagonals, texts))
+        texts, diagonals, lo, hi = texts[order], diagonals[order], lo[order], hi[order]
+        group = np.concatenate(([0], np.cumsum((texts[1:] != texts[:-1]) | (diagonals[1:] != diagonals[:-1]))))
+        scale = np.int64(len(minima) + 2)
+        reach = np.maximum.accumulate(group * scale + hi) - group * scale  # furthest window so far, per group
+        new = np.ones(len(lo), dtype=bool)
+        new[1:] = (group[1:] != group[:-1]) | (lo[1:] > reach[:-1] + 1)
+        firsts = np.flatnonzero(new)
+        first, last = lo[firsts], np.maximum.reduceat(hi, firsts)
+        windows = last - first + 1
+        # A span of min_tokens tokens holds min_tokens - (w + k - 1) + 1 consecutive windows.
+        enough = windows >= min_tokens - (w + k - 1) + 1
+        texts, diagonals, windows = texts[firsts][enough], diagonals[firsts][enough], windows[enough]
+        first, last = first[enough], last[enough]
+        ranked = np.lexsort((diagonals, texts, -windows))
+        return list(
+            zip(
+                texts[ranked].tolist(),
+                diagonals[ranked].tolist(),
+                first[ranked].tolist(),
+                (last[ranked] + w + k - 1).tolist(),
             )
-            if covered_verbatim[query_positions].all() or (
-                verified >= _RENAMED_RECHECKS and covered[query_positions].all()
-            ):
-                continue  # nothing here that verified spans do not already attribute
-            if verified >= max_verified:
-                break
-            verified += 1
-            for run in self._verify(query, query_prev, candidate, positions, min_tokens):
-                found.append((candidate.text, run))
-                covered[run.q_start : run.q_end - self.k + 1] = True
-                if run.verbatim:
-                    covered_verbatim[run.q_start : run.q_end - self.k + 1] = True
-        spans = []
-        for text, run in found:
-            # Copies: every candidate holding all the span's fingerprints (winnowing picks the
-            # same minima from the same span wherever it sits).
-            minima = np.unique(keys_of(window_minima(query_hashes[run.q_start : run.q_end - self.k + 1], self.w)))
-            copies = tuple(c.text for c in candidates if c.text == text or np.isin(minima, c.keys).all())
-            spans.append(self._span(query, text, run, copies))
-        return spans
-
-    def _verify(
-        self,
-        query: TokenView,
-        query_prev: np.ndarray,
-        candidate: _Candidate,
-        positions: dict[int, list[int]],
-        min_tokens: int,
-    ) -> list[Run]:
-        """The verified runs between the query and one candidate text."""
-        n_query, n_source = len(query), int(self.texts[candidate.text]["tokens"])
-        seeds: collections.Counter[int] = collections.Counter()
-        budget = _MAX_SEED_PAIRS
-        for key, position in zip(candidate.hit_keys.tolist(), candidate.hit_positions.tolist()):
-            here = positions[key]
-            seeds.update(position - i for i in here[:budget])
-            budget -= len(here)
-            if budget <= 0:
-                break
-        runs: list[Run] = []
-        for diagonal, _ in seeds.most_common(_MAX_DIAGONALS):
-            # Source tokens [lo, hi) face the query on this diagonal.
-            lo, hi = max(0, diagonal), min(n_source, diagonal + n_query)
-            if hi - lo < min_tokens:
-                continue
-            window = self._window(candidate.text, lo, hi)
-            for run in aligned_runs(query, query_prev, window, previous_same(window), diagonal - lo, min_tokens):
-                runs.append(Run(run.q_start, run.q_end, run.d_start + lo, run.d_end + lo, run.verbatim))
-        return _distinct(runs)
-
-    def _span(self, query: TokenView, text: int, run: Run, copies: tuple[int, ...]) -> SourceSpan:
-        source_first = self._window(text, run.d_start, run.d_start + 1)
-        source_last = self._window(text, run.d_end - 1, run.d_end)
-        return SourceSpan(
-            text=text,
-            tokens=run.tokens,
-            verbatim=run.verbatim,
-            query_lines=(int(query.lines[run.q_start]), int(query.end_lines[run.q_end - 1])),
-            source_lines=(int(source_first.lines[0]), int(source_last.end_lines[0])),
-            copies=copies,
         )
 
-    def _window(self, text: int, start: int, end: int) -> TokenView:
-        """Tokens [start, end) of a stored text, decoding only the chunks that hold them."""
-        row = self.texts[text]
-        first = int(row["first_chunk"])
-        views = [self._chunk(first + c) for c in range(start // CHUNK_TOKENS, (end - 1) // CHUNK_TOKENS + 1)]
-        offset = start - (start // CHUNK_TOKENS) * CHUNK_TOKENS
-        return TokenView.concatenate(views).slice(offset, offset + end - start)
+    def _find(self, query: TokenView, query_keys: np.ndarray, min_tokens: int, max_verified: int) -> list[SourceSpan]:
+        """Every verified span of the query, one per holder (see the module docstring).
 
-    def _decode_chunk(self, chunk: int) -> TokenView:
+        ``query_keys`` are the query's tokens' StoredView.keys, comparable with the index's."""
+        query_prev = previous_same(query)
+        hashes = kgram_hashes(query, self.k, query_prev)
+        line_start, line_end = _line_bounds(query)
+        outcomes: dict[bytes, list[tuple[int, int, bool]]] = {}
+        identical: dict[tuple[int, int], Run] = {}
+        seen: set[tuple[int, int, int, int]] = set()
+        spans: list[SourceSpan] = []
+        aligned = 0
+        for text, diagonal, q_start, q_end in self._clusters(hashes, min_tokens):
+            runs = []
+            for a, b, keys in self._stretches(query, query_keys, text, diagonal, q_start, q_end, min_tokens):
+                if (text, diagonal, a, b) in seen:
+                    continue  # another place on the same stretch
+                seen.add((text, diagonal, a, b))
+                # Where the text holds the code as it is, that is the match: one identical stretch
+                # with no whole line around it that could also align (renamed) gives the run
+                # aligned_runs would, and depends on nothing but where it is. So a span held by
+                # thousands of files costs a comparison per file.
+                same = _runs_of(keys == query_keys[a:b], min_tokens)
+                if len(same) == 1:
+                    v_start, v_end = same[0][0] + a, same[0][1] + a
+                    if (v_start == a or a > line_start[v_start - 1]) and (v_end == b or b < line_end[v_end]):
+                        run = identical.get((v_start, v_end))
+                        if run is None:
+                            run = identical[(v_start, v_end)] = identical_run(
+                                query, query_prev, v_start, v_end, min_tokens
+                            )
+                        runs.append(Run(run.q_start, run.q_end, run.q_start + diagonal, run.q_end + diagonal, True))
+                        continue
+                # Otherwise align. The result depends only on the stretch's tokens and where it
+                # faces the query, so near-copies that repeat one stretch are aligned once.
+                key = np.array([a, b], dtype=np.int64).tobytes() + keys.tobytes()
+                outcome = outcomes.get(key)
+                if outcome is None:
+                    if aligned >= max_verified:
+                        continue
+                    aligned += 1
+                    source = self._window(text, a + diagonal, b + diagonal)
+                    outcome = outcomes[key] = [
+                        (r.q_start, r.q_end, r.verbatim)
+                        for r in aligned_runs(query, query_prev, source, previous_same(source), -a, min_tokens)
+                    ]
+                runs.extend(Run(qs, qe, qs + diagonal, qe + diagonal, verbatim) for qs, qe, verbatim in outcome)
+            for run in _distinct(runs):
+                query_lines = (int(query.lines[run.q_start]), int(query.end_lines[run.q_end - 1]))
+                source_lines = self._lines(text, run.d_start, run.d_end)
+                spans.append(SourceSpan(text, run.tokens, run.verbatim, query_lines, source_lines))
+        return spans
+
+    def _stretches(
+        self,
+        query: TokenView,
+        query_keys: np.ndarray,
+        text: int,
+        diagonal: int,
+        q_start: int,
+        q_end: int,
+        min_tokens: int,
+    ) -> list[tuple[int, int, np.ndarray]]:
+        """(first query token, end, the text's token keys there) of each maximal stretch of min_tokens
+        or more, around a place, where the text's tokens can face the query's: same kinds, same
+        keywords, operators and punctuation. Only there can a span be; a stretch is read as far as
+        it goes, so that it is the same wherever it was reached from."""
+        floor, ceiling = max(0, -diagonal), min(len(query), int(self._text_tokens[text]) - diagonal)
+        lo, hi = max(floor, q_start - _REACH), min(ceiling, q_end + _REACH)
+        while True:
+            if hi - lo < min_tokens:
+                return []
+            kinds = self._kinds(text, lo + diagonal, hi + diagonal)
+            same_kind = query.kinds[lo:hi] == kinds
+            if not _runs_of(same_kind, min_tokens):
+                return []  # most places: a k-gram of the same shape, and no more
+            keys = self._keys(text, lo + diagonal, hi + diagonal)
+            ok = same_kind & ((kinds != OTHER) | (query_keys[lo:hi] == keys))
+            grow_lo, grow_hi = bool(ok[0]) and lo > floor, bool(ok[-1]) and hi < ceiling
+            if not (grow_lo or grow_hi):
+                break
+            lo, hi = max(floor, lo - _GROW) if grow_lo else lo, min(ceiling, hi + _GROW) if grow_hi else hi
+        return [(lo + a, lo + b, keys[a:b]) for a, b in _runs_of(ok, min_tokens)]
+
+    # ------------------------------------------------------------ stored views
+
+    def _segments(self, text: int, start: int, end: int) -> list[tuple[StoredView, int, int]]:
+        """(chunk, first token, end) of the chunks holding tokens [start, end) of a stored text."""
+        first = int(self._first_chunks[text])
+        out = []
+        for c in range(start // CHUNK_TOKENS, (end - 1) // CHUNK_TOKENS + 1):
+            offset = c * CHUNK_TOKENS
+            out.append((self._chunk(first + c), max(start - offset, 0), min(end - offset, CHUNK_TOKENS)))
+        return out
+
+    def _window(self, text: int, start: int, end: int) -> TokenView:
+        """Tokens [start, end) of a stored text, reading only the chunks that hold them."""
+        return TokenView.concatenate([chunk.view(a, b) for chunk, a, b in self._segments(text, start, end)])
+
+    def _kinds(self, text: int, start: int, end: int) -> np.ndarray:
+        """StoredView.kinds of tokens [start, end) of a text."""
+        segments = self._segments(text, start, end)
+        if len(segments) == 1:
+            chunk, a, b = segments[0]
+            return chunk.kinds[a:b]
+        return np.concatenate([chunk.kinds[a:b] for chunk, a, b in segments])
+
+    def _keys(self, text: int, start: int, end: int) -> np.ndarray:
+        """StoredView.keys of tokens [start, end) of a text: equal keys, equal tokens."""
+        segments = self._segments(text, start, end)
+        if len(segments) == 1:
+            chunk, a, b = segments[0]
+            return chunk.keys[a:b]
+        return np.concatenate([chunk.keys[a:b] for chunk, a, b in segments])
+
+    def _lines(self, text: int, start: int, end: int) -> tuple[int, int]:
+        """The first and last line of tokens [start, end) of a text."""
+        segments = self._segments(text, start, end)
+        (first, a, _), (last, _, b) = segments[0], segments[-1]
+        return int(first.lines(a, a + 1)[0][0]), int(last.lines(b - 1, b)[1][0])
+
+    def _read_chunk(self, chunk: int) -> StoredView:
         row = self.chunks[chunk]
         blob = self._views[int(row["start"]) : int(row["end"])] if self._views is not None else b""
         decompressor = getattr(self._local, "decompressor", None)
@@ -432,12 +520,32 @@ class AttributionIndex:
             data = zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
             decompressor = self._local.decompressor = zstandard.ZstdDecompressor(dict_data=data)
         try:
-            view = decode_view(decompressor.decompress(blob).decode("utf-8", "surrogatepass"))
-        except (zstandard.ZstdError, UnicodeDecodeError, ValueError, KeyError, IndexError) as e:
+            return StoredView(decompressor.decompress(blob), int(row["first_line"]))
+        except (zstandard.ZstdError, ValueError, IndexError) as e:
             raise CodeinstructError(
                 f"{self.path}: stored chunk {chunk} is unreadable ({e}); rebuild the index"
             ) from None
-        return view.shifted(int(row["first_line"]) - 1)
+
+
+def _line_bounds(view: TokenView) -> tuple[list[int], list[int]]:
+    """For each token, the first token of its line and one past the last."""
+    lines = view.lines
+    starts = np.flatnonzero(np.concatenate(([True], lines[1:] != lines[:-1])))
+    ends = np.concatenate((starts[1:], [len(lines)]))
+    which = np.searchsorted(starts, np.arange(len(lines)), "right") - 1
+    return starts[which].tolist(), ends[which].tolist()
+
+
+def _runs_of(ok: np.ndarray, min_tokens: int) -> list[tuple[int, int]]:
+    """[a, b) of every run of True in ok of min_tokens or more."""
+    if len(ok) < min_tokens:
+        return []
+    padded = np.zeros(len(ok) + 2, dtype=bool)
+    padded[1:-1] = ok
+    edges = np.flatnonzero(padded[1:] != padded[:-1])  # a run's start, its end, ...
+    starts, ends = edges[::2], edges[1::2]
+    long = np.flatnonzero(ends - starts >= min_tokens)
+    return list(zip(starts[long].tolist(), ends[long].tolist()))
 
 
 def _distinct(runs: list[Run]) -> list[Run]:

@@ -43,6 +43,7 @@ __all__ = [
     "NAME",
     "OTHER",
     "Scanner",
+    "StoredView",
     "TokenView",
     "Tokens",
     "decode_view",
@@ -224,6 +225,124 @@ def decode_view(stored: str) -> TokenView:
         view.hashes[i] = h
         view.end_lines[i] += newlines
     return view
+
+
+_BYTES_HASH_CACHE: dict[bytes, int] = {}
+_B = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible modulo 2**64
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """_B**i and _B**-i modulo 2**64 for i < n (tables grown on demand, replaced together)."""
+    global _POWERS
+    up, down = _POWERS
+    if len(up) < n:
+        size = max(n, 2 * len(up), 1 << 16)
+        one = np.ones(1, np.uint64)
+        inverse = np.uint64(pow(int(_B), -1, 1 << 64))
+        up = np.concatenate((one, np.cumprod(np.full(size - 1, _B, np.uint64), dtype=np.uint64)))
+        down = np.concatenate((one, np.cumprod(np.full(size - 1, inverse, np.uint64), dtype=np.uint64)))
+        _POWERS = (up, down)
+    return up[:n], down[:n]
+
+
+class StoredView:
+    """A stored view (the UTF-8 bytes of ``encode_view``) with its tokens located but none decoded.
+
+    Verifying a match reads a few hundred tokens of a large stored text, so tokens are decoded
+    for a range at a time: ``view(a, b)`` equals ``decode_view(text).slice(a, b)``. ``kinds`` and
+    ``keys`` give each token's kind and a 64-bit hash of its stored form (a polynomial hash,
+    computed for all tokens at once with numpy, when first asked for): the stored form is a
+    function of kind and text, so equal keys are equal tokens, and copies are compared as arrays.
+    A token is a run of bytes other than U+001F and newline (a stored token holds neither); its
+    line is ``first_line`` plus the newlines before it. Shared between threads: what is computed
+    lazily is the same whoever computes it.
+    """
+
+    __slots__ = ("data", "raw", "starts", "ends", "first_line", "_kinds", "_keys")
+    # data: the stored bytes, raw: the same as uint8; starts, ends: each token's byte range (int32)
+
+    def __init__(self, data: bytes, first_line: int = 1):
+        self.data = data
+        self.raw = raw = np.frombuffer(data, dtype=np.uint8)
+        separator = np.empty(len(raw) + 2, dtype=bool)  # with one before and one after
+        separator[0] = separator[-1] = True
+        np.logical_or(raw == 0x1F, raw == 0x0A, out=separator[1:-1])
+        edges = np.flatnonzero(separator[1:] != separator[:-1]).astype(np.int32)  # a token's start, its end, ...
+        self.starts, self.ends = edges[::2], edges[1::2]
+        self.first_line = first_line
+        self._kinds: np.ndarray | None = None
+        self._keys: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def kinds(self) -> np.ndarray:
+        """OTHER, NAME or LITERAL for each token (uint8)."""
+        if self._kinds is None:
+            first = self.raw[self.starts]
+            kinds = np.where(first < 3, first, 0).astype(np.uint8)  # the prefix of NAME and LITERAL is their kind
+            hashed = np.flatnonzero(first == ord(_HASHED))
+            kinds[hashed] = self.raw[self.starts[hashed] + 1] - ord("0")  # then the kind digit
+            self._kinds = kinds
+        return self._kinds
+
+    @property
+    def keys(self) -> np.ndarray:
+        """A hash of each token's stored form (uint64), the same wherever the token is."""
+        if self._keys is None:
+            up, down = _powers(len(self.raw) + 1)
+            weighted = (self.raw.astype(np.uint64) + np.uint64(1)) * up[:-1]
+            prefix = np.concatenate((np.zeros(1, np.uint64), np.cumsum(weighted, dtype=np.uint64)))
+            starts, ends = self.starts, self.ends
+            self._keys = (prefix[ends] - prefix[starts]) * down[starts] ^ (ends - starts).astype(np.uint64)
+        return self._keys
+
+    def lines(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first and last line of each of tokens [start, end) (int32)."""
+        if end <= start:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32)
+        first = int(self.starts[start])
+        before = self.first_line + int(np.count_nonzero(self.raw[:first] == 0x0A))
+        newlines = np.concatenate(([0], np.cumsum(self.raw[first : int(self.starts[end - 1])] == 0x0A)))
+        lines = (newlines[self.starts[start:end] - first] + before).astype(np.int32)
+        end_lines = lines.copy()
+        for i in np.flatnonzero(self.raw[self.starts[start:end]] == ord(_HASHED)).tolist():
+            token = self.data[self.starts[start + i] : self.ends[start + i]]  # "+" and the newlines it spans
+            end_lines[i] += int(token[token.rindex(b"+") + 1 :])
+        return lines, end_lines
+
+    def view(self, start: int, end: int) -> TokenView:
+        """Tokens [start, end) as a TokenView (``sizes`` in characters, 0 for hashed tokens, as decode_view)."""
+        hashes: list[int] = []
+        sizes: list[int] = []
+        cache = _BYTES_HASH_CACHE
+        if len(cache) > 1_000_000:
+            cache.clear()
+        data = self.data
+        for a, b in zip(self.starts[start:end].tolist(), self.ends[start:end].tolist()):
+            first = data[a]
+            if first == 3:  # hashed: the kind digit, then 16 hex digits
+                hashes.append(int(data[a + 2 : a + 18], 16))
+                sizes.append(0)
+                continue
+            token = data[a + 1 : b] if first < 3 else data[a:b]
+            h = cache.get(token)
+            if h is None:
+                h = xxhash.xxh3_64_intdigest(token)
+                if len(token) <= 24:
+                    cache[token] = h
+            hashes.append(h)
+            sizes.append(len(token) if token.isascii() else len(token.decode("utf-8", "surrogatepass")))
+        lines, end_lines = self.lines(start, end)
+        return TokenView(
+            self.kinds[start:end],
+            np.array(hashes, dtype=np.uint64),
+            lines,
+            end_lines,
+            np.array(sizes, dtype=np.int32),
+        )
 
 
 # ---------------------------------------------------------------- scanners
