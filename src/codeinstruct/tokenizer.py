@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.files import write_text
 
 EOS = "<|endoftext|>"
 SPECIAL_TOKENS = [
@@ -128,7 +129,7 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
         pipeline["post_processor"] = None
     for key in ("truncation", "padding"):
         pipeline[key] = None
-    _write_text(out / TOKENIZER_FILE, json.dumps(pipeline, ensure_ascii=False, indent=2) + "\n")
+    write_text(out / TOKENIZER_FILE, json.dumps(pipeline, ensure_ascii=False, indent=2) + "\n")
     config = {
         "tokenizer_class": TOKENIZER_CLASS,
         "bos_token": tokenizer.bos_token,
@@ -140,16 +141,10 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     }
     if tokenizer.pad_token is not None:
         config["pad_token"] = tokenizer.pad_token
-    _write_text(out / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    write_text(out / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
     stale = out / "special_tokens_map.json"
     if stale.exists():
         stale.unlink()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def load_tokenizer(path: str | Path):
