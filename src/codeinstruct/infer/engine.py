@@ -76,8 +76,9 @@ class Engine:
         self.steps = 0
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str = "auto", **kwargs) -> Engine:
-        model, tokenizer = load_for_inference(model_dir, device=device)
+    def from_pretrained(cls, model_dir: str | Path, device: str = "auto", dtype: str = "auto", **kwargs) -> Engine:
+        """An engine over a model directory; `dtype` converts the weights as they load (devices.INFERENCE_DTYPES)."""
+        model, tokenizer = load_for_inference(model_dir, device=device, dtype=dtype)
         return cls(model, tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ public API
@@ -104,6 +105,8 @@ class Engine:
         # checked here: an id past the embedding would fail the whole batch's step (on a GPU, the whole process)
         if min(ids) < 0 or max(ids) >= self.vocab_size:
             raise CodeinstructError(f"the prompt has token ids outside the model's vocabulary of {self.vocab_size}")
+        if params.adapter is not None and params.adapter not in self.adapters:
+            raise CodeinstructError(f"no LoRA adapter named {params.adapter!r} is loaded")
         with self._cond:
             handle = RequestHandle(self, next(self._ids), ids, params, events)
             self._waiting.append(handle)
@@ -143,6 +146,27 @@ class Engine:
     def has_work(self) -> bool:
         with self._lock:
             return bool(self._waiting or self._prefilling or self._running)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the LoRA adapters requests may choose (`SamplingParams.adapter`; infer/lora.py loads them)."""
+        return tuple(getattr(self.runner, "adapters", ()))
+
+    def load(self) -> dict:
+        """Requests waiting, sequences running, and the share of the KV cache's positions they hold (for metrics)."""
+        with self._lock:
+            held = sum(s.position + 1 for s in self._running) + sum(r.prefilled for r in self._prefilling)
+            return {
+                "waiting": len(self._waiting) + len(self._prefilling),
+                "running": len(self._running),
+                "cache_usage": held / (self.max_batch_size * self.max_seq_len),
+            }
+
+    def prompt_logits(self, ids: list[int], adapter: str | None = None) -> torch.Tensor:
+        """The model's logits at every position of `ids` [L, V], through its own forward (echo with logprobs)."""
+        with self._lock, torch.inference_mode():
+            model = self.model if adapter is None else self.runner.adapter_model(adapter)
+            return model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
 
     # ------------------------------------------------------------------ scheduling
 
@@ -217,6 +241,8 @@ class Engine:
                 r = self._waiting.popleft()
                 for s in r.sequences:
                     s.slot = self._free_slots.pop(0)
+                    if r.params.adapter is not None:  # a LoRA adapter's request (infer/lora.py)
+                        self.runner.bind(s.slot, r.params.adapter)
                 self._prefilling.append(r)
             else:
                 return fed
@@ -236,7 +262,9 @@ class Engine:
                     self.runner.copy(first.slot, s.slot, r.prefilled)
                 self._running.extend(r.sequences)
                 for s in r.sequences:
-                    self._accept(s, choose_token(logits, r.params, s.seen(self.device), s.generator))
+                    token = choose_token(logits, r.params, s.seen(self.device), s.generator, s.tokens)
+                    s.note_logprob(logits, token)
+                    self._accept(s, token)
                 self._compact()
 
     def _decode(self, seqs: list[Sequence]) -> None:
@@ -251,7 +279,9 @@ class Engine:
         for i, s in enumerate(seqs):
             token = choices.get(i)
             if token is None:
-                token = choose_token(logits[i], s.request.params, s.seen(self.device), s.generator)
+                token = choose_token(logits[i], s.request.params, s.seen(self.device), s.generator, s.tokens)
+            if s.logprobs is not None:
+                s.note_logprob(logits[i], token)
             self._accept(s, token)
         self._compact()
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from codeinstruct.errors import CodeinstructError
-from codeinstruct.infer.sampling import SamplingParams, sequence_generator
+from codeinstruct.infer.sampling import SamplingParams, TokenLogprob, sequence_generator, token_logprob
 from codeinstruct.infer.streaming import Detokenizer, TextStream
 
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
@@ -36,6 +36,7 @@ class Choice:
     text: str
     token_ids: list[int]
     finish_reason: str
+    logprobs: list[TokenLogprob] | None = None  # per generated token, when the request asked for them
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,12 @@ class Sequence:
         self.stream = TextStream(p.stop)
         self.finish_reason: str | None = None
         self._seen = set(request.prompt_ids) if p.repetition_penalty != 1.0 else None
+        self.logprobs: list[TokenLogprob] | None = [] if p.logprobs is not None else None
+
+    def note_logprob(self, logits: torch.Tensor, token: int) -> None:
+        """Record the chosen token's log-probability in the model's distribution `logits` [V] (logprobs asked)."""
+        if self.logprobs is not None:
+            self.logprobs.append(token_logprob(logits, token, self.request.params.logprobs))
 
     @property
     def position(self) -> int:
@@ -177,7 +184,13 @@ class RequestHandle:
             request_id=self.id,
             prompt_tokens=len(self.prompt_ids),
             choices=[
-                Choice(s.index, s.stream.visible, list(s.tokens), s.finish_reason or FINISH_CANCELLED)
+                Choice(
+                    s.index,
+                    s.stream.visible,
+                    list(s.tokens),
+                    s.finish_reason or FINISH_CANCELLED,
+                    None if s.logprobs is None else list(s.logprobs),
+                )
                 for s in self.sequences
             ],
         )

@@ -5,7 +5,7 @@ server (proxy mode); `build_app` loads what the CLI names; `listen` binds the so
 the app on it with uvicorn. The rooms: app (routes, auth, errors, health), backend (`ServingBackend`, what
 the routes ask of the work behind them, and choosing it), local (that work on the engine), proxy (that work
 upstream), openai_compat (requests to engine terms and back), schemas (request bodies), http (admission,
-streams, attribution off the event loop) and static/ (the playground page).
+streams, attribution off the event loop), metrics (Prometheus /metrics) and static/ (the playground page).
 """
 
 from codeinstruct.serve.app import (

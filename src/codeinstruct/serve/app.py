@@ -3,6 +3,9 @@
     GET  /v1/models             the served model (or the upstream's list, in proxy mode)
     POST /v1/completions        prompt (+ suffix: FIM), streaming or not
     POST /v1/chat/completions   messages mapped onto the Alpaca prompt, streaming or not
+    POST /tokenize, /detokenize vLLM's tokenizer routes
+    POST /infill                llama.cpp's Fill-in-the-Middle route
+    GET  /metrics               Prometheus text format; never needs the API key
     GET  /health                status and load; never needs the API key
     GET  /                      the playground page (static files, no external assets)
 
@@ -15,12 +18,12 @@ from __future__ import annotations
 import secrets
 import socket
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,13 +31,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.serve.backend import ServingBackend, open_backend
 from codeinstruct.serve.http import Admission, Attributor
+from codeinstruct.serve.metrics import CountRequests, ServerMetrics
 from codeinstruct.serve.schemas import (
     ApiError,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    InfillRequest,
+    TokenizeRequest,
     error_body,
     validation_error,
 )
+
+ENGINE_CONCURRENCY = 8  # the engine's slots when --max-concurrency is not given
+# Upstream requests in flight when --max-concurrency is not given: high enough never to throttle a healthy
+# upstream (vLLM batches 256 sequences by default); an overloaded one answers 429/503 itself, passed through.
+PROXY_CONCURRENCY = 256
 
 STATIC = Path(__file__).parent / "static"
 
@@ -44,18 +56,29 @@ class ServerSettings:
     """What `codeinstruct serve` is told; see README "Server"."""
 
     api_key: str | None = None
-    max_concurrency: int = 8  # sequences generating at once (the engine's slots; upstream requests in proxy mode)
+    # sequences generating at once (the engine's slots; upstream requests in proxy mode); None: the mode's default
+    max_concurrency: int | None = None
     max_queue: int = 32  # sequences waiting beyond those; one more is answered 429
 
     def __post_init__(self):
-        if self.max_concurrency < 1:
+        if self.max_concurrency is not None and self.max_concurrency < 1:
             raise CodeinstructError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
         if self.max_queue < 0:
             raise CodeinstructError(f"--max-queue must be 0 or more, got {self.max_queue}")
 
     @property
     def capacity(self) -> int:
-        return self.max_concurrency + self.max_queue
+        return self.concurrency + self.max_queue
+
+    @property
+    def concurrency(self) -> int:
+        return ENGINE_CONCURRENCY if self.max_concurrency is None else self.max_concurrency
+
+    def for_mode(self, proxy: bool) -> ServerSettings:
+        """These settings with the mode's default concurrency filled in."""
+        if self.max_concurrency is not None:
+            return self
+        return replace(self, max_concurrency=PROXY_CONCURRENCY if proxy else ENGINE_CONCURRENCY)
 
 
 def create_app(
@@ -75,8 +98,10 @@ def create_app(
     """
     if (engine is None) == (upstream is None):
         raise CodeinstructError("give a model (engine) or an upstream URL, not both and not neither")
+    settings = settings.for_mode(proxy=upstream is not None)
     admission = Admission(settings.capacity)
     attributor = Attributor(attribution)
+    metrics = ServerMetrics()
     backend: ServingBackend = open_backend(
         engine=engine,
         model_name=model_name,
@@ -86,6 +111,7 @@ def create_app(
         max_concurrency=settings.max_concurrency,
         admission=admission,
         attributor=attributor,
+        metrics=metrics,
     )
 
     @asynccontextmanager
@@ -100,6 +126,8 @@ def create_app(
     app = FastAPI(title="codeinstruct", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.backend = backend
     app.state.admission = admission
+    app.state.metrics = metrics
+    app.add_middleware(CountRequests, metrics=metrics)
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -122,7 +150,6 @@ def create_app(
             body = schema.model_validate(raw)
         except ValidationError as e:
             raise validation_error(e) from None
-        body.refuse_unsupported()
         return raw, body
 
     @app.exception_handler(ApiError)
@@ -179,6 +206,28 @@ def create_app(
         raw, body = await parse(request, ChatCompletionRequest)
         return await backend.chat(request, body, raw)
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        authorize(request)
+        _, body = await parse(request, TokenizeRequest)
+        return await backend.tokenize(request, body)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        authorize(request)
+        _, body = await parse(request, DetokenizeRequest)
+        return await backend.detokenize(request, body)
+
+    @app.post("/infill")
+    async def infill(request: Request):
+        authorize(request)
+        _, body = await parse(request, InfillRequest)
+        return await backend.infill(request, body)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
     @app.get("/", include_in_schema=False)
     async def playground():
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -201,8 +250,11 @@ def build_app(
     attribution_index: str | Path | None = None,
     model_name: str | None = None,
     upstream_api_key: str | None = None,
+    lora: dict[str, str | Path] | None = None,
+    dtype: str = "auto",
 ) -> FastAPI:
-    """What `codeinstruct serve` runs: load the model (or point at the upstream) and the index, then the app."""
+    """What `codeinstruct serve` runs: load the model (in `dtype`, modeling.INFERENCE_DTYPES), or point at the
+    upstream, and the index, then the app."""
     if model is None and upstream is None:
         raise CodeinstructError("give --model DIR to serve a model here, or --upstream URL to proxy another server")
     if model is not None and upstream is not None:
@@ -213,10 +265,14 @@ def build_app(
 
         index = AttributionIndex.open(attribution_index)
     if upstream is not None:
+        if lora:
+            raise CodeinstructError("--lora needs --model (the proxy's upstream serves its own adapters)")
         return create_app(settings, upstream=upstream, upstream_api_key=upstream_api_key, attribution=index)
     from codeinstruct.infer.engine import Engine
+    from codeinstruct.infer.lora import load_adapters
 
-    engine = Engine.from_pretrained(model, max_batch_size=settings.max_concurrency)
+    engine = Engine.from_pretrained(model, dtype=dtype, max_batch_size=settings.concurrency)
+    load_adapters(engine, lora or {})
     return create_app(settings, engine=engine, model_name=model_name or default_model_name(model), attribution=index)
 
 

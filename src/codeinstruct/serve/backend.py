@@ -13,7 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from codeinstruct.serve.http import Admission, Attributor
-from codeinstruct.serve.schemas import ChatCompletionRequest, CompletionRequest
+from codeinstruct.serve.metrics import ServerMetrics
+from codeinstruct.serve.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    InfillRequest,
+    TokenizeRequest,
+)
 
 
 class ServingBackend(Protocol):
@@ -42,6 +49,18 @@ class ServingBackend(Protocol):
 
     async def chat(self, request: Request, body: ChatCompletionRequest, raw: dict) -> Response: ...
 
+    async def tokenize(self, request: Request, body: TokenizeRequest) -> dict | Response:
+        """vLLM's /tokenize."""
+        ...
+
+    async def detokenize(self, request: Request, body: DetokenizeRequest) -> dict | Response:
+        """vLLM's /detokenize."""
+        ...
+
+    async def infill(self, request: Request, body: InfillRequest) -> Response:
+        """llama.cpp's /infill."""
+        ...
+
 
 def open_backend(
     *,
@@ -53,15 +72,22 @@ def open_backend(
     max_concurrency: int,
     admission: Admission,
     attributor: Attributor,
+    metrics: ServerMetrics | None = None,
 ) -> ServingBackend:
     """The local backend over `engine` (served as `model_name`), or the proxy in front of `upstream`."""
     # Each backend is imported only when chosen: the local one brings torch, the proxy one httpx.
     if engine is not None:
         from codeinstruct.serve.local import LocalModel
 
-        return LocalModel(engine, model_name or "codeinstruct", admission, attributor)
+        return LocalModel(engine, model_name or "codeinstruct", admission, attributor, metrics)
     from codeinstruct.serve.proxy import UpstreamModel
 
     return UpstreamModel(
-        upstream, admission, attributor, max_concurrency, api_key=upstream_api_key, transport=upstream_transport
+        upstream,
+        admission,
+        attributor,
+        max_concurrency,
+        api_key=upstream_api_key,
+        transport=upstream_transport,
+        metrics=metrics,
     )

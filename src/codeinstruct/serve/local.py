@@ -14,7 +14,9 @@ is cancelled in the engine, which frees its slots at its next step.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -26,8 +28,8 @@ from codeinstruct.errors import CodeinstructError
 from codeinstruct.infer.engine import Engine
 from codeinstruct.infer.generate import ResponseStream, fim_request, response_params
 from codeinstruct.infer.requests import RequestHandle
-from codeinstruct.infer.sampling import SamplingParams
-from codeinstruct.prompts import encode_text, format_prompt
+from codeinstruct.infer.sampling import SamplingParams, prompt_logprobs
+from codeinstruct.prompts import FimTokens, encode_text, fim_prompt_ids, format_prompt
 from codeinstruct.serve import openai_compat as oa
 from codeinstruct.serve.http import (
     Admission,
@@ -37,22 +39,26 @@ from codeinstruct.serve.http import (
     Ticket,
     until_disconnected,
 )
+from codeinstruct.serve.metrics import ServerMetrics
 from codeinstruct.serve.schemas import (
     ApiError,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    InfillRequest,
+    TokenizeRequest,
     error_body,
 )
 
-DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_CHARS_PER_TOKEN = 64  # text longer than this many characters per context token is refused untokenized
 
 
 @dataclass
 class _Prompt:
     ids: list[int]
-    params: SamplingParams
+    params: SamplingParams | None  # None: nothing to generate (max_tokens 0 with echo)
     echo: str = ""
+    prompt_logprobs: list | None = None  # echo with logprobs: each prompt token's (the first: None)
 
 
 class _Delivery:
@@ -132,11 +138,21 @@ class LocalModel:
 
     mode = "engine"
 
-    def __init__(self, engine: Engine, name: str, admission: Admission, attributor: Attributor):
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        admission: Admission,
+        attributor: Attributor,
+        metrics: ServerMetrics | None = None,
+    ):
         self.engine = engine
         self.name = name
         self.admission = admission
         self.attributor = attributor
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.read_load_from(engine.load)
         self.live: set[Generation] = set()
         self._started_engine = False
         self.created = oa.now()
@@ -158,18 +174,36 @@ class LocalModel:
         return {"free_slots": self.engine.free_slots, "max_seq_len": self.engine.max_seq_len}
 
     async def models(self) -> dict:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": self.name,
-                    "object": "model",
-                    "created": self.created,
-                    "owned_by": "codeinstruct",
-                    "max_model_len": self.engine.max_seq_len,
-                }
-            ],
+        base = {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "codeinstruct",
+            "root": self.name,
+            "parent": None,
+            "max_model_len": self.engine.max_seq_len,
         }
+        directories = getattr(self.engine.runner, "directories", {})
+        adapters = [
+            {**base, "id": name, "root": str(directories.get(name, name)), "parent": self.name}
+            for name in self.engine.adapters
+        ]
+        return {"object": "list", "data": [base, *adapters]}
+
+    def _adapter(self, model: str | None) -> str | None:
+        """The LoRA adapter a request's `model` names, or None (the base model: any other name)."""
+        return model if model is not None and model in self.engine.adapters else None
+
+    def _model_name(self, body) -> str:
+        return self._adapter(body.model) or self.name
+
+    def _check_bias(self, body) -> None:
+        if any(t >= self.engine.vocab_size for t, _ in body.bias_pairs):
+            raise ApiError(
+                400,
+                f"logit_bias: token ids must be below the vocabulary size {self.engine.vocab_size}",
+                param="logit_bias",
+            )
 
     # ------------------------------------------------------------------ requests -> engine
 
@@ -195,7 +229,9 @@ class LocalModel:
 
     def _completion_prompts(self, body: CompletionRequest) -> list[_Prompt]:
         tok = self.engine.tokenizer
-        max_tokens = body.max_tokens or DEFAULT_COMPLETION_TOKENS
+        max_tokens = body.max_tokens  # None: up to the context, as vLLM reads an explicit null
+        adapter = self._adapter(body.model)
+        extra = {"logprobs": body.logprobs, "adapter": adapter}
         out = []
         for prompt in body.prompts:
             if isinstance(prompt, str):
@@ -214,6 +250,7 @@ class LocalModel:
                     max_tokens,
                     "prompt",
                     stop_token_ids=fim_params.stop_token_ids,
+                    **extra,
                 )
                 out.append(_Prompt(ids, params))
                 continue
@@ -226,9 +263,14 @@ class LocalModel:
                 raise ApiError(400, "prompt: must not be empty", param="prompt")
             stops = oa.fim_stop_ids(tok) if fim else ()
             params = oa.sampling_params(
-                body, len(ids), self.engine.max_seq_len, max_tokens, "prompt", stop_token_ids=stops
+                body, len(ids), self.engine.max_seq_len, max_tokens, "prompt", stop_token_ids=stops, **extra
             )
-            out.append(_Prompt(ids, params, echo if body.echo else ""))
+            p = _Prompt(ids, None if max_tokens == 0 else params, echo if body.echo else "")
+            if body.echo and body.logprobs is not None:
+                if max(ids) >= self.engine.vocab_size:
+                    raise ApiError(400, "prompt: token ids outside the model's vocabulary", param="prompt")
+                p.prompt_logprobs = prompt_logprobs(self.engine.prompt_logits(ids, adapter), ids, body.logprobs)
+            out.append(p)
         return out
 
     def _chat_prompt_list(self, body: ChatCompletionRequest) -> list[_Prompt]:
@@ -238,13 +280,67 @@ class LocalModel:
         instruction, context = oa.alpaca_from_messages(body.messages)
         self._check_size(instruction + context, "messages")
         ids = encode_text(self.engine.tokenizer, format_prompt(instruction, context))
-        params = oa.sampling_params(body, len(ids), self.engine.max_seq_len, body.max_new_tokens, "messages")
+        params = oa.sampling_params(
+            body,
+            len(ids),
+            self.engine.max_seq_len,
+            body.max_new_tokens,
+            "messages",
+            logprobs=body.logprobs_top,
+            adapter=self._adapter(body.model),
+        )
         return _Prompt(ids, response_params(params))
+
+    def _infill_prompt(self, body: InfillRequest) -> list[_Prompt]:
+        """llama.cpp's infill: extra files first (`<filename>NAME` + newline + text, when the tokenizer has
+        `<filename>`), then the PSM prompt of prefix and suffix, then what is already typed of the middle."""
+        tok = self.engine.tokenizer
+        self._check_size(body.input_prefix + body.input_suffix + body.prompt, "input_prefix")
+        try:
+            tokens = FimTokens.from_tokenizer(tok)
+        except CodeinstructError as e:
+            raise ApiError(400, f"infill: {e}", param="input_prefix") from None
+        ids: list[int] = []
+        filename = tok.convert_tokens_to_ids("<filename>")
+        has_filename = isinstance(filename, int) and filename != tok.unk_token_id
+        for chunk in body.input_extra:
+            self._check_size(chunk.text, "input_extra")
+            head = [filename] if has_filename else []
+            ids += head + encode_text(tok, f"{chunk.filename}\n{chunk.text}" if chunk.filename else chunk.text)
+        ids += fim_prompt_ids(tok, body.input_prefix, body.input_suffix, tokens=tokens)
+        ids += encode_text(tok, body.prompt)
+        room = self.engine.max_seq_len - len(ids)
+        if room < 1:
+            raise ApiError(
+                400,
+                f"the prompt has {len(ids)} tokens; the model's context is {self.engine.max_seq_len}",
+                param="input_prefix",
+                code="context_length_exceeded",
+            )
+        if body.n_predict == 0:
+            raise ApiError(400, "n_predict must be -1 (up to the context) or at least 1", param="n_predict")
+        params = SamplingParams(
+            max_new_tokens=room if body.n_predict < 0 else min(body.n_predict, room),
+            temperature=body.temperature,
+            top_k=body.top_k,
+            top_p=body.top_p,
+            repetition_penalty=body.repeat_penalty,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            seed=body.seed if body.seed >= 0 else secrets.randbelow(2**62),
+            stop=tuple(body.stop),
+            stop_token_ids=tokens.all,
+            ignore_eos=body.ignore_eos,
+        )
+        return [_Prompt(ids, params)]
 
     async def _start(self, prepare, body, samples: int) -> Generation:
         """Admit `samples` (429 when full), then tokenize and submit on a worker thread: `engine.submit`
         waits for the engine's lock, held through each step, and the event loop must not wait with it."""
         self._check_n(body.n)
+        if isinstance(body, CompletionRequest | ChatCompletionRequest):
+            body.refuse_unsupported()
+            self._check_bias(body)
         generation = Generation([], body.n, ticket=self.admission.admit(samples))
         if self.delivery is None:
             self.delivery = _Delivery(asyncio.get_running_loop())
@@ -259,6 +355,8 @@ class LocalModel:
     def _prepare_and_submit(self, generation: Generation, prepare, body) -> None:
         generation.prompts = prepare(body)
         for k, p in enumerate(generation.prompts):
+            if p.params is None:
+                continue
             events = _LoopEvents(self.delivery, generation.inbox, k)
             try:
                 generation.handles.append(self.engine.submit(p.ids, p.params, events=events))
@@ -266,8 +364,17 @@ class LocalModel:
                 raise ApiError(400, str(e), param="prompt") from None
 
     def _finish(self, generation: Generation) -> None:
+        if generation in self.live and self.metrics is not None:
+            self.metrics.prompt_tokens.inc(generation.prompt_tokens)
+            for h in generation.handles:
+                for s in h.sequences:
+                    self.metrics.sequence_done(h.submitted_at, list(s.token_times))
         generation.close()
         self.live.discard(generation)
+
+    def _sequence(self, generation: Generation, index: int):
+        """The engine's sequence behind choice `index`."""
+        return generation.handles[index // generation.n].sequences[index % generation.n]
 
     async def _events(self, generation: Generation) -> AsyncIterator[tuple[int, str, str | None]]:
         """(choice index, text delta, finish_reason or None) as the engine produces them.
@@ -315,13 +422,14 @@ class LocalModel:
         created: int,
         object_name: str,
         choice_lists: AsyncIterator[list[dict]],
+        model: str | None = None,
     ) -> SSEResponse:
         """The event stream of a route: one chunk per list of choices, then usage (when asked) and [DONE];
         an error on the way is sent as an event, and the generation is finished however the stream ends."""
         usage_field = {"usage": None} if body.include_usage else {}
 
         def chunk(choices: list[dict], **extra) -> bytes:
-            return oa.sse(oa.envelope(rid, object_name, created, self.name, choices, **extra))
+            return oa.sse(oa.envelope(rid, object_name, created, model or self.name, choices, **extra))
 
         async def stream() -> AsyncIterator[bytes]:
             try:
@@ -338,7 +446,22 @@ class LocalModel:
 
     async def completions(self, request: Request, body: CompletionRequest, raw: dict | None = None) -> Response:
         generation = await self._start(self._completion_prompts, body, len(body.prompts) * body.n)
-        rid, created = oa.new_id("cmpl"), oa.now()
+        rid, created, name = oa.new_id("cmpl"), oa.now(), self._model_name(body)
+        tok = self.engine.tokenizer
+        want_logprobs = body.logprobs is not None
+        # one legacy logprobs object per choice; with echo, the prompt's tokens come first
+        logprobs = [oa.CompletionLogprobs(tok) for _ in range(generation.samples)] if want_logprobs else []
+
+        def prompt_part(index: int) -> dict | None:
+            p = generation.prompts[index // generation.n]
+            if not want_logprobs or p.prompt_logprobs is None:
+                return None
+            return logprobs[index].prompt_part(p.ids, p.prompt_logprobs)
+
+        def generated_part(index: int) -> dict | None:
+            if not want_logprobs or not generation.handles:
+                return None
+            return logprobs[index].new(self._sequence(generation, index).logprobs or [])
 
         if body.stream:
 
@@ -346,35 +469,38 @@ class LocalModel:
                 texts: dict[int, str] = {}
                 for k, p in enumerate(generation.prompts):
                     for i in range(generation.n):
+                        index = k * generation.n + i
                         if p.echo:
-                            yield [oa.completion_choice(k * generation.n + i, p.echo, None)]
+                            finish = "length" if p.params is None else None
+                            yield [oa.completion_choice(index, p.echo, finish, logprobs=prompt_part(index))]
                 async for index, text, finish in self._events(generation):
                     texts[index] = texts.get(index, "") + text
                     if finish is None:
                         if text:
-                            yield [oa.completion_choice(index, text, None)]
+                            yield [oa.completion_choice(index, text, None, logprobs=generated_part(index))]
                         continue
                     attribution = await self.attributor.check(texts[index])
-                    yield [oa.completion_choice(index, text, finish, attribution)]
+                    yield [oa.completion_choice(index, text, finish, attribution, generated_part(index))]
 
-            return self._stream(generation, body, rid, created, "text_completion", choice_lists())
+            return self._stream(generation, body, rid, created, "text_completion", choice_lists(), name)
 
         async def collect() -> dict:
             texts = [""] * generation.samples
-            finishes: list[str | None] = [None] * generation.samples
+            finishes: list[str | None] = ["length" if not generation.handles else None] * generation.samples
             async for index, text, finish in self._events(generation):
                 texts[index] += text
                 finishes[index] = finish or finishes[index]
             attributions = await self.attributor.check_all(texts)
             echoes = [p.echo for p in generation.prompts for _ in range(generation.n)]
-            choices = [
-                oa.completion_choice(i, echoes[i] + texts[i], finishes[i], attributions[i]) for i in range(len(texts))
-            ]
+            choices = []
+            for i in range(len(texts)):
+                lp = oa.merge_logprobs(prompt_part(i), generated_part(i)) if want_logprobs else None
+                choices.append(oa.completion_choice(i, echoes[i] + texts[i], finishes[i], attributions[i], lp))
             return oa.envelope(
                 rid,
                 "text_completion",
                 created,
-                self.name,
+                name,
                 choices,
                 usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()),
             )
@@ -383,8 +509,17 @@ class LocalModel:
 
     async def chat(self, request: Request, body: ChatCompletionRequest, raw: dict | None = None) -> Response:
         generation = await self._start(self._chat_prompt_list, body, body.n)
-        rid, created = oa.new_id("chatcmpl"), oa.now()
+        rid, created, name = oa.new_id("chatcmpl"), oa.now(), self._model_name(body)
         answers = [ResponseStream() for _ in range(generation.samples)]
+        tok = self.engine.tokenizer
+        sent = [0] * generation.samples  # logprob entries already streamed, per choice
+
+        def new_logprobs(index: int) -> dict | None:
+            if body.logprobs_top is None:
+                return None
+            entries = self._sequence(generation, index).logprobs or []
+            fresh, sent[index] = entries[sent[index] :], len(entries)
+            return oa.chat_logprobs(tok, fresh)
 
         if body.stream:
 
@@ -395,13 +530,13 @@ class LocalModel:
                     piece = answers[index].push(text)
                     if finish is None:
                         if piece:
-                            yield [oa.chat_delta(index, {"content": piece})]
+                            yield [oa.chat_delta(index, {"content": piece}, logprobs=new_logprobs(index))]
                         continue
                     attribution = await self.attributor.check(answers[index].text)
                     delta = {"content": piece} if piece else {}
-                    yield [oa.chat_delta(index, delta, finish, attribution)]
+                    yield [oa.chat_delta(index, delta, finish, attribution, new_logprobs(index))]
 
-            return self._stream(generation, body, rid, created, "chat.completion.chunk", choice_lists())
+            return self._stream(generation, body, rid, created, "chat.completion.chunk", choice_lists(), name)
 
         async def collect() -> dict:
             finishes: list[str | None] = [None] * generation.samples
@@ -410,15 +545,119 @@ class LocalModel:
                 finishes[index] = finish or finishes[index]
             texts = [a.text for a in answers]
             attributions = await self.attributor.check_all(texts)
-            choices = [oa.chat_choice(i, texts[i], finishes[i], attributions[i]) for i in range(len(texts))]
+            choices = [
+                oa.chat_choice(i, texts[i], finishes[i], attributions[i], new_logprobs(i)) for i in range(len(texts))
+            ]
             return oa.envelope(
                 rid,
                 "chat.completion",
                 created,
-                self.name,
+                name,
                 choices,
                 usage=oa.usage(generation.prompt_tokens, generation.completion_tokens()),
             )
+
+        return await self._answer(request, generation, collect())
+
+    # ------------------------------------------------------------------ vLLM's and llama.cpp's extra routes
+
+    def _encode_for_tokenize(self, body: TokenizeRequest) -> list[int]:
+        body.check()
+        tok = self.engine.tokenizer
+        if body.messages is not None:
+            instruction, context = oa.alpaca_from_messages(body.messages)
+            self._check_size(instruction + context, "messages")
+            return encode_text(tok, format_prompt(instruction, context))
+        self._check_size(body.prompt, "prompt")
+        return oa.encode_raw_prompt(tok, body.prompt)[0]
+
+    async def tokenize(self, request: Request, body: TokenizeRequest) -> dict:
+        ids = await asyncio.to_thread(self._encode_for_tokenize, body)
+        tok = self.engine.tokenizer
+        return {
+            "count": len(ids),
+            "max_model_len": self.engine.max_seq_len,
+            "tokens": ids,
+            "token_strs": tok.convert_ids_to_tokens(ids) if body.return_token_strs else None,
+        }
+
+    async def detokenize(self, request: Request, body: DetokenizeRequest) -> dict:
+        if min(body.tokens) < 0 or max(body.tokens) >= self.engine.vocab_size:
+            raise ApiError(
+                400, f"tokens: ids must be in [0, {self.engine.vocab_size}) (the vocabulary)", param="tokens"
+            )
+        return {"prompt": self.engine.tokenizer.decode(body.tokens)}
+
+    async def infill(self, request: Request, body: InfillRequest) -> Response:
+        """llama.cpp's /infill: its response fields (`content`, `stop`, `stop_type`, `tokens_predicted`, ...);
+        streamed as `data: {"content": ..., "stop": false}` events, the last with `stop: true` and the rest."""
+        generation = await self._start(self._infill_prompt, body, 1)
+        started = time.perf_counter()
+
+        def final(text: str, finish: str | None) -> dict:
+            handle = generation.handles[0]
+            seq = handle.sequences[0]
+            stopped_word = finish == "stop" and handle.params.stop and seq.stream.stopped
+            stopped_eos = finish == "stop" and not stopped_word
+            first = seq.token_times[0] if seq.token_times else time.perf_counter()
+            predicted_ms = (time.perf_counter() - first) * 1000
+            return {
+                "index": 0,
+                "content": text,
+                "tokens": [],
+                "id_slot": -1,
+                "stop": True,
+                "model": self.name,
+                "tokens_predicted": len(seq.tokens),
+                "tokens_evaluated": len(handle.prompt_ids),
+                "prompt": self.engine.tokenizer.decode(handle.prompt_ids),
+                "has_new_line": "\n" in seq.stream.visible,
+                "truncated": False,
+                "stop_type": "word" if stopped_word else "eos" if stopped_eos else "limit",
+                "stopped_eos": bool(stopped_eos),
+                "stopped_word": bool(stopped_word),
+                "stopped_limit": finish == "length",
+                "stopping_word": handle.params.stop[0] if stopped_word and len(handle.params.stop) == 1 else "",
+                "tokens_cached": 0,
+                "timings": {
+                    "prompt_n": len(handle.prompt_ids),
+                    "prompt_ms": (first - started) * 1000,
+                    "predicted_n": len(seq.tokens),
+                    "predicted_ms": predicted_ms,
+                    "predicted_per_second": len(seq.tokens) / (predicted_ms / 1000) if predicted_ms > 0 else None,
+                },
+                "generation_settings": {
+                    "n_predict": body.n_predict,
+                    "temperature": body.temperature,
+                    "top_k": body.top_k,
+                    "top_p": body.top_p,
+                    "seed": handle.params.seed,
+                    "stop": list(body.stop),
+                },
+            }
+
+        if body.stream:
+
+            async def events() -> AsyncIterator[bytes]:
+                try:
+                    async for _, text, finish in self._events(generation):
+                        if finish is None:
+                            yield oa.sse({"index": 0, "content": text, "tokens": [], "stop": False})
+                        else:
+                            if text:
+                                yield oa.sse({"index": 0, "content": text, "tokens": [], "stop": False})
+                            yield oa.sse(final("", finish))
+                except ApiError as e:
+                    yield oa.sse(e.body())
+
+            return SSEResponse(events(), lambda: self._finish(generation))
+
+        async def collect() -> dict:
+            text, finish = "", None
+            async for _, piece, end in self._events(generation):
+                text += piece
+                finish = end or finish
+            return final(text, finish)
 
         return await self._answer(request, generation, collect())
 

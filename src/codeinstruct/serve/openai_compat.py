@@ -16,6 +16,12 @@ is used, so `[{system: X}, {user: Y}]` is exactly `format_prompt(Y, X)`. The ans
 `extract_response` shows: the leading separator dropped, cut at a new `### Instruction:`, trailing
 whitespace dropped; streamed pieces add up to that same text.
 
+Log-probabilities are the model's own (before temperature, penalties and bias), one entry per
+generated token (the EOS or stop-string token included), in OpenAI's legacy completions shape
+(`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`; with `echo`, the prompt's tokens
+first, the first of them with null) or its chat shape (`content: [{token, logprob, bytes,
+top_logprobs}]`).
+
 Limits. A prompt of the model's context length or longer is refused (400,
 `context_length_exceeded`), never silently cut; `max_tokens` beyond what the context leaves ends
 the answer at the context with finish_reason `length`.
@@ -103,6 +109,8 @@ def sampling_params(
     param: str,
     stop_token_ids: tuple[int, ...] = (),
     extra_stops: tuple[str, ...] = (),
+    logprobs: int | None = None,
+    adapter: str | None = None,
 ) -> SamplingParams:
     """SamplingParams of one prompt of a request (max_tokens None: up to the context); refuses prompts that fill it."""
     room = max_seq_len - prompt_tokens
@@ -126,7 +134,97 @@ def sampling_params(
         stop=tuple(dict.fromkeys((*request.stop_strings, *extra_stops))),
         stop_token_ids=stop_token_ids,
         ignore_eos=request.ignore_eos,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        logit_bias=request.bias_pairs,
+        logprobs=logprobs,
+        adapter=adapter,
     )
+
+
+# --------------------------------------------------------------------------- log-probabilities
+
+
+@lru_cache(maxsize=65536)
+def _token_text(tokenizer, token: int, skip_special: bool) -> str:
+    return tokenizer.decode([token], skip_special_tokens=skip_special)
+
+
+def token_text(tokenizer, token: int, skip_special: bool = True) -> str:
+    """A token as text on its own (a piece of a multi-byte character shows as U+FFFD, as in vLLM). Generated
+    special tokens are empty, as they are in the answer's text; a prompt's show as written (echo)."""
+    return _token_text(tokenizer, int(token), skip_special)
+
+
+class CompletionLogprobs:
+    """OpenAI's legacy `logprobs` object of one choice, built up as tokens come (streaming sends the new part)."""
+
+    def __init__(self, tokenizer, offset: int = 0):
+        self.tokenizer = tokenizer
+        self.offset = offset  # text_offset of the next token
+        self.reported = 0  # generated entries already sent (streaming)
+
+    def part(self, entries: list, skip_special: bool = True) -> dict:
+        """The object for `entries` (TokenLogprob, or None for the first prompt token), offsets continuing."""
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for entry in entries:
+            if entry is None:
+                continue
+            text = token_text(self.tokenizer, entry.token, skip_special)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(entry.logprob)
+            # alternatives keyed with special tokens as written: "" for each would collide
+            out["top_logprobs"].append({token_text(self.tokenizer, t, False): lp for t, lp in entry.top} or None)
+            out["text_offset"].append(self.offset)
+            self.offset += len(text)
+        return out
+
+    def prompt_part(self, ids: list[int], entries: list) -> dict:
+        """The prompt's tokens (echo): the first has no log-probability (null), as in OpenAI's and vLLM's answers."""
+        first = token_text(self.tokenizer, ids[0], skip_special=False)
+        out = {"tokens": [first], "token_logprobs": [None], "top_logprobs": [None], "text_offset": [self.offset]}
+        self.offset += len(first)
+        rest = self.part(entries[1:], skip_special=False)
+        return {key: out[key] + rest[key] for key in out}
+
+    def new(self, generated: list) -> dict:
+        """The generated entries not sent yet."""
+        fresh = generated[self.reported :]
+        self.reported += len(fresh)
+        return self.part(fresh)
+
+
+def merge_logprobs(a: dict | None, b: dict | None) -> dict | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return {key: a[key] + b[key] for key in b}
+
+
+def chat_logprobs(tokenizer, entries: list) -> dict:
+    """OpenAI's chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+
+    def item(token: int, logprob: float) -> dict:
+        text = token_text(tokenizer, token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]} for e in entries],
+        "refusal": None,
+    }
+
+
+def completion_to_chat_logprobs(legacy: dict | None) -> dict | None:
+    """A legacy completions `logprobs` object (an upstream's) in the chat shape."""
+    if not isinstance(legacy, dict) or not isinstance(legacy.get("tokens"), list):
+        return None
+    content = []
+    tops = legacy.get("top_logprobs") or [None] * len(legacy["tokens"])
+    for token, logprob, top in zip(legacy["tokens"], legacy.get("token_logprobs") or [], tops):
+        alternatives = [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in (top or {}).items()]
+        content.append(
+            {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8")), "top_logprobs": alternatives}
+        )
+    return {"content": content, "refusal": None}
 
 
 # --------------------------------------------------------------------------- responses
@@ -148,18 +246,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def completion_choice(index: int, text: str, finish_reason: str | None, attribution: dict | None = None) -> dict:
-    choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+def completion_choice(
+    index: int, text: str, finish_reason: str | None, attribution: dict | None = None, logprobs: dict | None = None
+) -> dict:
+    choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
     if attribution is not None:
         choice["attribution"] = attribution
     return choice
 
 
-def chat_choice(index: int, text: str, finish_reason: str, attribution: dict | None = None) -> dict:
+def chat_choice(
+    index: int, text: str, finish_reason: str, attribution: dict | None = None, logprobs: dict | None = None
+) -> dict:
     choice = {
         "index": index,
         "message": {"role": "assistant", "content": text},
-        "logprobs": None,
+        "logprobs": logprobs,
         "finish_reason": finish_reason,
     }
     if attribution is not None:
@@ -167,8 +269,14 @@ def chat_choice(index: int, text: str, finish_reason: str, attribution: dict | N
     return choice
 
 
-def chat_delta(index: int, delta: dict, finish_reason: str | None = None, attribution: dict | None = None) -> dict:
-    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def chat_delta(
+    index: int,
+    delta: dict,
+    finish_reason: str | None = None,
+    attribution: dict | None = None,
+    logprobs: dict | None = None,
+) -> dict:
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     if attribution is not None:
         choice["attribution"] = attribution
     return choice

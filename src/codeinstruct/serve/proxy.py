@@ -4,18 +4,25 @@
 A large deployment keeps its engine (vLLM, TGI, ... serving a real StarCoder on GPUs) and gets,
 from this server in front of it:
 
-- attribution of every finished choice (in its last stream event when streaming), as in engine mode;
+- chat as in engine mode: the conversation becomes the Alpaca prompt the model was tuned on
+  (openai_compat.alpaca_from_messages), sent to the upstream's `/v1/completions` (a base or
+  fine-tuned StarCoder has no chat template, so vLLM refuses its chat route); the answer is
+  `extract_response`'s text, streamed or not, and `logprobs`/`top_logprobs` come back in chat's shape;
 - FIM with `suffix`: `prompt` + `suffix` are sent as the raw PSM prompt
   `<fim_prefix>PROMPT<fim_suffix>SUFFIX<fim_middle>` (vLLM rejects `suffix`; a StarCoder upstream
-  reads the special-token strings of a raw prompt as its control tokens);
+  reads the special-token strings of a raw prompt as its control tokens); llama.cpp's `/infill` the same way;
+- attribution of every finished choice (in its last stream event when streaming), as in engine mode;
 - stop strings enforced here as well (an upstream can miss one that ends inside a token), held back
   across stream chunks so that no part of one is ever shown; when every choice has stopped here the
   upstream request is closed, which frees its slots there;
 - the same admission limit (429 beyond --max-concurrency requests upstream plus --max-queue
-  waiting) and API key; a client that disconnects closes its upstream request at once.
+  waiting; by default 256, so a healthy upstream is never throttled here) and API key; a client that
+  disconnects closes its upstream request at once.
 
-Everything else is passed through: other fields of requests and responses, upstream errors
-(with their status), `/v1/models`. The upstream is the only address this server ever contacts.
+Everything else is passed through: every other option of a request (logprobs, echo, penalties,
+logit_bias, best_of, ... are the upstream's to honour or refuse), other fields of responses,
+upstream errors with their status (429 and 503 with Retry-After), `/v1/models`, vLLM's `/tokenize`
+and `/detokenize`. The upstream is the only address this server ever contacts.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from codeinstruct.infer.generate import ResponseStream
 from codeinstruct.infer.streaming import TextStream
-from codeinstruct.prompts import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from codeinstruct.prompts import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, STOP_STRINGS, extract_response, format_prompt
 from codeinstruct.serve import openai_compat as oa
 from codeinstruct.serve.http import (
     Admission,
@@ -38,11 +46,29 @@ from codeinstruct.serve.http import (
     SSEResponse,
     until_disconnected,
 )
+from codeinstruct.serve.metrics import ServerMetrics
 from codeinstruct.serve.schemas import (
     ApiError,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    InfillRequest,
+    TokenizeRequest,
     error_body,
+)
+
+# What a chat request holds that a completions request does not (or holds in another form).
+CHAT_ONLY = (
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
 )
 
 
@@ -74,6 +100,7 @@ class _Choices:
         self.filters: dict[int, TextStream] = {}
         self.finished: set[int] = set()
         self.stopped_here = 0
+        self.answers: dict[int, ResponseStream] = {}  # chat: extract_response as a stream, per choice
 
     def text(self, index: int) -> str:
         return self.filters[index].visible if index in self.filters else ""
@@ -88,12 +115,6 @@ class _Choices:
     def all_stopped_here(self) -> bool:
         """Every choice has finished, some by a stop string here: nothing more to relay."""
         return self.stopped_here > 0 and len(self.finished) >= self.expected
-
-
-def _field(choice: dict, name: str) -> dict:
-    if not isinstance(choice.get(name), dict):
-        choice[name] = {}
-    return choice[name]
 
 
 class UpstreamModel:
@@ -111,15 +132,21 @@ class UpstreamModel:
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         read_timeout: float = 600.0,
+        metrics: ServerMetrics | None = None,
     ):
         self.base = upstream_base(url)
+        self.root = self.base.removesuffix("/v1")  # vLLM's /tokenize and /detokenize live here
         self.admission = admission
         self.attributor = attributor
         self.slots = asyncio.Semaphore(max_concurrency)
+        self.in_flight = 0  # upstream requests open
+        self.waiting = 0  # requests admitted, waiting for a slot
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.transport = transport
         self.timeout = httpx.Timeout(30.0, read=read_timeout)
         self.client: httpx.AsyncClient | None = None
+        if metrics is not None:
+            metrics.read_load_from(lambda: {"waiting": self.waiting, "running": self.in_flight})
 
     async def start(self) -> None:
         # trust_env=False: no proxy settings or .netrc from the environment; only the upstream is contacted.
@@ -132,7 +159,19 @@ class UpstreamModel:
             await self.client.aclose()
 
     def health(self) -> dict:
-        return {"upstream": self.base}
+        return {"upstream": self.base, "upstream_requests": self.in_flight}
+
+    async def _acquire(self) -> None:
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.slots.release()
 
     # ------------------------------------------------------------------ upstream calls
 
@@ -170,7 +209,9 @@ class UpstreamModel:
         if not isinstance(data, dict) or "error" not in data:
             text = body.decode("utf-8", "replace").strip()[:500] or r.reason_phrase
             data = error_body(f"upstream error {r.status_code}: {text}", type="upstream_error")
-        return JSONResponse(data, status_code=r.status_code)
+        # an overloaded upstream's advice to its clients reaches them
+        headers = {"Retry-After": r.headers["retry-after"]} if "retry-after" in r.headers else None
+        return JSONResponse(data, status_code=r.status_code, headers=headers)
 
     async def models(self) -> Response:
         try:
@@ -181,9 +222,23 @@ class UpstreamModel:
             return await self._error_from(r)
         return JSONResponse(r.json())
 
+    async def _post_root(self, path: str, payload: dict) -> Response:
+        """A request to the upstream's root (vLLM's tokenizer routes), answered as the upstream answers it."""
+        await self._acquire()
+        try:
+            r = await self.client.post(self.root + path, json=payload)
+        except httpx.HTTPError as e:
+            raise self._unreachable(e) from None
+        finally:
+            self._release()
+        if r.status_code != 200:
+            return await self._error_from(r)
+        return JSONResponse(r.json())
+
     # ------------------------------------------------------------------ routes
 
     async def completions(self, request: Request, body: CompletionRequest, raw: dict) -> Response:
+        body.check()
         payload = dict(raw)
         if body.suffix is not None:
             if any(not isinstance(p, str) for p in body.prompts):
@@ -191,44 +246,111 @@ class UpstreamModel:
             prompts = [psm_prompt(p, body.suffix) for p in body.prompts]
             payload["prompt"] = prompts[0] if isinstance(body.prompt, str) else prompts
             del payload["suffix"]
-        return await self._forward(request, "/completions", payload, body, len(body.prompts) * body.n, chat=False)
+        return await self._forward(request, payload, body.stream, body.stop_strings, len(body.prompts) * body.n, "text")
 
     async def chat(self, request: Request, body: ChatCompletionRequest, raw: dict) -> Response:
-        return await self._forward(request, "/chat/completions", dict(raw), body, body.n, chat=True)
+        """The conversation as its Alpaca prompt, through the upstream's /v1/completions (as in engine mode)."""
+        body.refuse_unsupported()
+        instruction, context = oa.alpaca_from_messages(body.messages)
+        payload = {k: v for k, v in raw.items() if k not in CHAT_ONLY}
+        stops = tuple(dict.fromkeys((*body.stop_strings, *STOP_STRINGS)))
+        payload.update(
+            prompt=format_prompt(instruction, context),
+            max_tokens=body.max_new_tokens,  # null: up to the context (vLLM)
+            stop=list(stops),
+        )
+        if body.logprobs_top is not None:
+            payload["logprobs"] = body.logprobs_top
+        return await self._forward(request, payload, body.stream, stops, body.n, "chat")
 
-    async def _forward(self, request: Request, path: str, payload: dict, body, samples: int, chat: bool) -> Response:
+    async def infill(self, request: Request, body: InfillRequest) -> Response:
+        """llama.cpp's /infill as a raw PSM completion upstream, answered in llama.cpp's shape."""
+        extra = "".join(f"<filename>{c.filename}\n{c.text}" if c.filename else c.text for c in body.input_extra)
+        payload = {
+            "prompt": extra + psm_prompt(body.input_prefix, body.input_suffix) + body.prompt,
+            "max_tokens": None if body.n_predict < 0 else body.n_predict,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "top_k": body.top_k,
+            "repetition_penalty": body.repeat_penalty,
+            "presence_penalty": body.presence_penalty,
+            "frequency_penalty": body.frequency_penalty,
+            "stop": body.stop,
+            "seed": None if body.seed < 0 else body.seed,
+            "ignore_eos": body.ignore_eos,
+            "stream": body.stream,
+        }
+        if body.model is not None:
+            payload["model"] = body.model
+        return await self._forward(request, payload, body.stream, tuple(body.stop), 1, "infill")
+
+    async def tokenize(self, request: Request, body: TokenizeRequest) -> Response:
+        body.check()
+        prompt = body.prompt
+        if body.messages is not None:
+            prompt = format_prompt(*oa.alpaca_from_messages(body.messages))
+        payload = {"prompt": prompt, "add_special_tokens": body.add_special_tokens}
+        if body.return_token_strs:
+            payload["return_token_strs"] = True
+        if body.model is not None:
+            payload["model"] = body.model
+        return await self._post_root("/tokenize", payload)
+
+    async def detokenize(self, request: Request, body: DetokenizeRequest) -> Response:
+        payload = {"tokens": body.tokens, **({"model": body.model} if body.model is not None else {})}
+        return await self._post_root("/detokenize", payload)
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def _forward(
+        self, request: Request, payload: dict, stream: bool, stops: tuple[str, ...], samples: int, shape: str
+    ) -> Response:
+        """POST `payload` to the upstream's /completions; answer in `shape`: text (completions), chat, infill."""
         ticket = self.admission.admit(samples)
         try:
-            if body.stream:
-                return await self._forward_stream(request, path, payload, body, samples, chat, ticket)
-            return await self._forward_once(request, path, payload, body, chat)
+            if stream:
+                return await self._forward_stream(request, payload, stops, samples, shape, ticket)
+            return await self._forward_once(request, payload, stops, shape)
         finally:
-            if not body.stream:
+            if not stream:
                 ticket.release()
 
-    async def _forward_once(self, request: Request, path: str, payload: dict, body, chat: bool) -> Response:
+    async def _forward_once(self, request: Request, payload: dict, stops: tuple[str, ...], shape: str) -> Response:
         async def work() -> Response:
-            async with self.slots:
-                try:
-                    r = await self.client.post(path, json=payload)
-                except httpx.HTTPError as e:
-                    raise self._unreachable(e) from None
+            await self._acquire()
+            try:
+                r = await self.client.post("/completions", json=payload)
+            except httpx.HTTPError as e:
+                raise self._unreachable(e) from None
+            finally:
+                self._release()
             if r.status_code != 200:
                 return await self._error_from(r)
             data = r.json()
             choices = data.get("choices") or []
             texts = []
             for choice in choices:
-                holder, key = (_field(choice, "message"), "content") if chat else (choice, "text")
-                text = holder.get(key) or ""
-                cut = first_stop(text, body.stop_strings)
+                text = choice.get("text") or ""
+                cut = first_stop(text, stops)
                 if cut >= 0:
-                    text = holder[key] = text[:cut]
+                    text = choice["text"] = text[:cut]
                     choice["finish_reason"] = "stop"
-                texts.append(text)
-            if self.attributor.enabled:
-                for choice, attribution in zip(choices, await self.attributor.check_all(texts)):
+                texts.append(extract_response(text) if shape == "chat" else text)
+            attributions = await self.attributor.check_all(texts) if self.attributor.enabled else [None] * len(texts)
+            if shape == "infill":
+                choice = choices[0] if choices else {}
+                return JSONResponse(_infill_answer(texts[0] if texts else "", choice, data, payload))
+            for choice, text, attribution in zip(choices, texts, attributions):
+                if attribution is not None:
                     choice["attribution"] = attribution
+                if shape == "chat":
+                    logprobs = oa.completion_to_chat_logprobs(choice.pop("logprobs", None))
+                    choice.pop("text", None)
+                    choice["message"] = {"role": "assistant", "content": text}
+                    choice["logprobs"] = logprobs if "logprobs" in payload else None
+            if shape == "chat":
+                data["object"] = "chat.completion"
+                data["choices"] = [_chat_order(c) for c in choices]
             return JSONResponse(data)
 
         try:
@@ -237,14 +359,16 @@ class UpstreamModel:
             return Response(status_code=499)
 
     async def _forward_stream(
-        self, request: Request, path: str, payload: dict, body, samples: int, chat: bool, ticket
+        self, request: Request, payload: dict, stops: tuple[str, ...], samples: int, shape: str, ticket
     ) -> Response:
         async def open_stream() -> httpx.Response:
-            await self.slots.acquire()
+            await self._acquire()
             try:
-                return await self.client.send(self.client.build_request("POST", path, json=payload), stream=True)
+                return await self.client.send(
+                    self.client.build_request("POST", "/completions", json=payload), stream=True
+                )
             except BaseException as e:
-                self.slots.release()
+                self._release()
                 if isinstance(e, httpx.HTTPError):
                     raise self._unreachable(e) from None
                 raise
@@ -262,18 +386,19 @@ class UpstreamModel:
                 return await self._error_from(r)
             finally:
                 await r.aclose()
-                self.slots.release()
+                self._release()
                 ticket.release()
 
         async def cleanup() -> None:
             await r.aclose()
-            self.slots.release()
+            self._release()
             ticket.release()
 
-        return SSEResponse(self._relay(r, _Choices(body.stop_strings, samples), chat), cleanup)
+        return SSEResponse(self._relay(r, _Choices(stops, samples), shape, payload), cleanup)
 
-    async def _relay(self, r: httpx.Response, choices: _Choices, chat: bool) -> AsyncIterator[bytes]:
+    async def _relay(self, r: httpx.Response, choices: _Choices, shape: str, payload: dict) -> AsyncIterator[bytes]:
         """The upstream's events, with stop strings enforced and attribution added to each choice's last one."""
+        done = b"" if shape == "infill" else oa.DONE  # llama.cpp's streams end without [DONE]
         data_lines: list[str] = []
         try:
             async for line in r.aiter_lines():
@@ -284,48 +409,104 @@ class UpstreamModel:
                     continue  # comments, other fields, keep-alive blank lines
                 data, data_lines = "\n".join(data_lines), []
                 if data.strip() == "[DONE]":
-                    yield oa.DONE
+                    yield done
                     return
                 try:
                     event = json.loads(data)
                 except ValueError:
                     continue
-                out = await self._rewrite(event, choices, chat)
-                if out is not None:
+                for out in await self._rewrite(event, choices, shape, payload):
                     yield oa.sse(out)
                 if choices.all_stopped_here:
-                    yield oa.DONE  # the upstream request is closed by the clean-up, freeing its slots
+                    yield done  # the upstream request is closed by the clean-up, freeing its slots
                     return
         except httpx.HTTPError as e:
             yield oa.sse(self._unreachable(e).body())
-            yield oa.DONE
+            yield done
             return
         yield oa.sse(error_body("the upstream closed the stream before it was done", type="upstream_error"))
-        yield oa.DONE
+        yield done
 
-    async def _rewrite(self, event: dict, choices: _Choices, chat: bool) -> dict | None:
+    async def _rewrite(self, event: dict, choices: _Choices, shape: str, payload: dict) -> list[dict]:
+        """The events to send for one upstream completions chunk, in the route's shape."""
         if not isinstance(event, dict) or not isinstance(event.get("choices"), list) or not event["choices"]:
-            return event  # errors, usage-only chunks
+            if shape == "chat" and isinstance(event, dict) and "error" not in event:
+                return [{**event, "object": "chat.completion.chunk"}]  # usage-only chunks
+            if shape == "infill" and isinstance(event, dict) and "error" not in event:
+                return []
+            return [event]
+        out: list[dict] = []
         kept = []
         for choice in event["choices"]:
             index = choice.get("index", 0)
             if index in choices.finished:
                 continue  # finished here by a stop string; the upstream is still going
-            holder, key = (_field(choice, "delta"), "content") if chat else (choice, "text")
             finish = choice.get("finish_reason")
-            piece = holder.get(key) or ""
-            shown, stopped = choices.feed(index, piece, finish is not None)
-            if key in holder or shown:
-                holder[key] = shown
+            shown, stopped = choices.feed(index, choice.get("text") or "", finish is not None)
             if stopped:
-                choice["finish_reason"] = finish = "stop"
+                finish = "stop"
                 choices.stopped_here += 1
             if finish is not None:
                 choices.finished.add(index)
-                if self.attributor.enabled:
+            if shape == "text":
+                if "text" in choice or shown:
+                    choice["text"] = shown
+                choice["finish_reason"] = finish
+                if finish is not None and self.attributor.enabled:
                     choice["attribution"] = await self.attributor.check(choices.text(index))
-            kept.append(choice)
-        if not kept:
-            return None
-        event["choices"] = kept
-        return event
+                kept.append(choice)
+            elif shape == "chat":
+                if index not in choices.answers:
+                    choices.answers[index] = ResponseStream()
+                    out.append(_chat_chunk(event, [oa.chat_delta(index, {"role": "assistant", "content": ""})]))
+                answer = choices.answers[index]
+                piece = answer.push(shown)
+                logprobs = oa.completion_to_chat_logprobs(choice.get("logprobs")) if "logprobs" in payload else None
+                if not piece and finish is None and not logprobs:
+                    continue
+                attribution = None
+                if finish is not None and self.attributor.enabled:
+                    attribution = await self.attributor.check(answer.text)
+                kept.append(oa.chat_delta(index, {"content": piece} if piece else {}, finish, attribution, logprobs))
+            else:  # infill
+                if shown:
+                    out.append({"index": 0, "content": shown, "tokens": [], "stop": False})
+                if finish is not None:
+                    out.append(_infill_answer("", {**choice, "finish_reason": finish}, event, payload))
+        if kept:
+            out.append({**event, "choices": kept} if shape == "text" else _chat_chunk(event, kept))
+        return out
+
+
+def _chat_chunk(event: dict, choices: list[dict]) -> dict:
+    """A chat stream chunk carrying `choices`, named as the upstream's completions chunk `event`."""
+    chunk = {k: v for k, v in event.items() if k not in ("choices", "object")}
+    return {**chunk, "object": "chat.completion.chunk", "choices": choices}
+
+
+def _chat_order(choice: dict) -> dict:
+    keys = ("index", "message", "logprobs", "finish_reason")
+    return {**{k: choice.get(k) for k in keys}, **{k: v for k, v in choice.items() if k not in keys}}
+
+
+def _infill_answer(content: str, choice: dict, data: dict, payload: dict) -> dict:
+    """llama.cpp's final /infill object from an upstream completions choice."""
+    finish = choice.get("finish_reason")
+    usage = data.get("usage") or {}
+    stopped_word = finish == "stop" and bool(payload.get("stop")) and choice.get("stop_reason") is not None
+    return {
+        "index": 0,
+        "content": content,
+        "tokens": [],
+        "stop": True,
+        "model": data.get("model"),
+        "tokens_predicted": usage.get("completion_tokens"),
+        "tokens_evaluated": usage.get("prompt_tokens"),
+        "prompt": payload["prompt"],
+        "truncated": False,
+        "stop_type": "limit" if finish == "length" else "word" if stopped_word else "eos",
+        "stopped_eos": finish == "stop" and not stopped_word,
+        "stopped_word": stopped_word,
+        "stopped_limit": finish == "length",
+        "stopping_word": choice.get("stop_reason") if isinstance(choice.get("stop_reason"), str) else "",
+    }

@@ -1,9 +1,11 @@
 """The OpenAI request bodies the server accepts, as pydantic models, and the error shape it answers with.
 
 Fields follow OpenAI's API reference; unknown fields are ignored (clients send newer ones), fields
-that would change the answer and that this server cannot honour (logprobs, penalties, tools) are
-refused with a 400 naming them rather than silently dropped. `top_k`, `repetition_penalty` and
-`ignore_eos` are accepted as extensions, as vLLM does.
+that would change the answer and that the engine cannot honour (tools, response_format, best_of)
+are refused with a 400 naming them rather than silently dropped (`refuse_unsupported`, called by
+the engine backend; the proxy passes completions options through to its upstream). `top_k`,
+`repetition_penalty` and `ignore_eos` are accepted as extensions, as vLLM does. Besides OpenAI's
+bodies: vLLM's `/tokenize` and `/detokenize` and llama.cpp's `/infill`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_STOP_STRINGS = 16
+MAX_LOGPROBS = 20  # top alternatives per token (vLLM's default limit)
 
 
 class ApiError(Exception):
@@ -69,8 +72,8 @@ class _Request(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # extensions (vLLM's names)
@@ -95,6 +98,20 @@ class _Request(BaseModel):
         # Clients send explicit nulls for "not set"; OpenAI reads them as the default.
         return cls.model_fields[info.field_name].default if value is None else value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids_and_range(cls, value):
+        for key, bias in (value or {}).items():
+            if not key.strip().isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"biases must be in [-100, 100], got {bias} for token {key}")
+        return value
+
+    @property
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items())
+
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value):
@@ -114,21 +131,14 @@ class _Request(BaseModel):
 
     def refuse_unsupported(self) -> None:
         """A 400 for options that would change the answer and that the engine cannot honour."""
-        if self.presence_penalty or self.frequency_penalty:
-            name = "presence_penalty" if self.presence_penalty else "frequency_penalty"
-            raise ApiError(
-                400, f"{name} is not supported; use repetition_penalty (> 1 discourages repeats)", param=name
-            )
-        if self.logit_bias:
-            raise ApiError(400, "logit_bias is not supported", param="logit_bias")
 
 
 class CompletionRequest(_Request):
     prompt: str | list[str] | list[int] | list[list[int]]
     suffix: str | None = None
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # null: up to the context (as vLLM); 0 only with echo
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: int | None = None
 
     @field_validator("echo", mode="before")
@@ -153,14 +163,18 @@ class CompletionRequest(_Request):
             return [list(p)]
         return list(p)
 
-    def refuse_unsupported(self) -> None:
-        super().refuse_unsupported()
-        if self.logprobs:
-            raise ApiError(400, "logprobs are not supported by this server", param="logprobs")
-        if self.best_of is not None and self.best_of != self.n:
-            raise ApiError(400, "best_of is not supported (only best_of = n)", param="best_of")
+    def check(self) -> None:
+        """What no backend can do with this request (the proxy too)."""
         if self.suffix is not None and self.echo:
             raise ApiError(400, "echo cannot be combined with suffix", param="echo")
+        if self.max_tokens == 0 and not self.echo:
+            raise ApiError(400, "max_tokens: 0 only with echo (scoring the prompt)", param="max_tokens")
+
+    def refuse_unsupported(self) -> None:
+        super().refuse_unsupported()
+        self.check()
+        if self.best_of is not None and self.best_of != self.n:
+            raise ApiError(400, "best_of is not supported (only best_of = n)", param="best_of")
 
 
 class ContentPart(BaseModel):
@@ -194,7 +208,7 @@ class ChatCompletionRequest(_Request):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
     response_format: dict | None = None
@@ -203,12 +217,80 @@ class ChatCompletionRequest(_Request):
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def logprobs_top(self) -> int | None:
+        """Alternatives per token when logprobs are asked for (0: the chosen token's only), else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.logprobs or self.top_logprobs:
-            raise ApiError(400, "logprobs are not supported by this server", param="logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if self.tools:
             raise ApiError(400, "tools (function calling) are not supported", param="tools")
         kind = (self.response_format or {}).get("type", "text")
         if kind != "text":
             raise ApiError(400, f"response_format {kind!r} is not supported (only 'text')", param="response_format")
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize: a completions `prompt`, or chat `messages` (tokenized as the Alpaca prompt they become)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+    def check(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ApiError(400, "give prompt or messages (one of them)", param="prompt")
+        if self.messages is not None and not self.messages:
+            raise ApiError(400, "messages: must not be empty", param="messages")
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's /detokenize: token ids back to text."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    tokens: list[int] = Field(min_length=1)
+
+
+class InfillExtra(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    filename: str = ""
+    text: str = ""
+
+
+class InfillRequest(BaseModel):
+    """llama.cpp's /infill: the code before and after the cursor, optional extra files, and what is
+    already typed of the middle (`prompt`); llama.cpp's sampling names."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[InfillExtra] = Field(default_factory=list)
+    prompt: str = ""
+    n_predict: int = Field(-1, ge=-1)  # -1: up to the context
+    temperature: float = Field(0.8, ge=0.0, le=2.0)  # llama.cpp's default
+    top_k: int = Field(40, ge=0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repeat_penalty: float = Field(1.0, gt=0.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    seed: int = -1  # -1: random
+    stream: bool = False
+    ignore_eos: bool = False
+
+    @property
+    def n(self) -> int:
+        return 1
+
+    @field_validator("n_predict", "temperature", "top_k", "top_p", "repeat_penalty", "seed", "stream", mode="before")
+    @classmethod
+    def _null_is_default(cls, value, info):
+        return cls.model_fields[info.field_name].default if value is None else value
