@@ -193,3 +193,87 @@ def test_the_rlimits_fallback_runs_programs_too():
     result = run_program("import os\nprint(len(os.environ) <= 1)", LIMITS, isolation=fallback)
     assert (result.stdout, result.isolation) == ("True\n", "rlimits")
     assert run_program("while True: pass", LIMITS, isolation=fallback).timed_out
+
+
+def test_a_spinning_loop_ends_by_its_cpu_budget(isolation):
+    result = run_program("while True:\n    pass", LIMITS, isolation=isolation)
+    assert result.timed_out and result.timeout_by == "cpu"
+    assert LIMITS.timeout_s <= result.cpu_seconds < LIMITS.timeout_s + 1.5
+
+
+def test_cpu_of_a_child_in_its_own_session_counts(isolation):
+    # The parent only sleeps; the CPU is spent by a child that left the process group.
+    if not isolation.cgroups and isolation.level != "namespaces":
+        pytest.skip("without a cgroup or a PID namespace a child in its own session is not tracked")
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    while True:\n        pass\ntime.sleep(1000)"
+    limits = SandboxLimits(timeout_s=1.0, wall_timeout_s=60, processes=16)
+    result = run_program(code, limits, isolation=isolation)
+    assert result.timed_out
+    if isolation.cgroups:  # the cgroup counts the child's CPU: its budget, not the wall clock, ends the run
+        assert result.timeout_by == "cpu" and result.seconds < 30
+    else:  # RLIMIT_CPU stops the child; the sleeping parent is left to the wall clock
+        assert result.timeout_by == "wall"
+
+
+def test_a_program_that_sleeps_forever_ends_by_the_wall_clock(isolation):
+    limits = SandboxLimits(timeout_s=0.5, wall_timeout_s=1.5)
+    alone = run_program("import time\ntime.sleep(1000)", limits, isolation=isolation)
+    assert alone.timed_out and alone.timeout_by == "wall" and not alone.reran
+    assert alone.cpu_seconds < 0.5 and 1.5 <= alone.seconds < 10
+    # Beside other programs, a wall-clock timeout is run again alone before it is recorded.
+    seen = []
+    sleeper, other = run_programs(
+        ["import time\ntime.sleep(1000)", "print('ok')"],
+        limits,
+        workers=2,
+        isolation=isolation,
+        on_result=lambda i, r: seen.append((i, r.timeout_by)),
+    )
+    assert sleeper.timed_out and sleeper.reran and sleeper.timeout_by == "wall-rerun"
+    assert other.stdout == "ok\n" and not other.reran and other.timeout_by is None
+    assert sorted(seen) == [(0, "wall-rerun"), (1, None)]  # reported once, with the final result
+
+
+def test_each_program_starts_from_a_fresh_interpreter(isolation):
+    change = (
+        "import builtins, math, sys\n"
+        "math.pi = 3\nbuiltins.len = lambda x: -1\nsys.modules['planted'] = math\n"
+        "open('left.txt', 'w').write('x')\nprint('changed', flush=True)"
+    )
+    look = (
+        "import math, os, sys\n"
+        "print(math.pi, len('ab'), 'planted' in sys.modules, os.listdir('.'), __name__, sys.argv[0].endswith('.py'))"
+    )
+    first, second = run_programs([change, look], LIMITS, workers=1, isolation=isolation)
+    assert first.stdout == "changed\n"
+    assert second.stdout == "3.141592653589793 2 False ['program.py'] __main__ True\n"
+
+
+def test_the_program_holds_no_privileges(isolation):
+    if not isolation.unprivileged:
+        pytest.skip("programs run as root here (rlimits as root)")
+    code = (
+        "import os\n"
+        "for name, call in [('setuid', lambda: os.setuid(0)), ('chroot', lambda: os.chroot('/')),\n"
+        "                   ('nice', lambda: os.nice(-5))]:\n"
+        "    try:\n        call()\n        print(name, 'allowed')\n"
+        "    except OSError as e:\n        print(name, 'denied', type(e).__name__)"
+    )
+    result = run_program(code, LIMITS, isolation=isolation)
+    # PermissionError, or EINVAL for setuid(0) in a user namespace where uid 0 is not mapped at all
+    assert result.stdout.count("denied") == 3 and "allowed" not in result.stdout, result.stdout + result.stderr
+
+
+def test_uncaught_errors_and_exits_look_like_a_plain_interpreter(isolation):
+    raised, syntax, exited, message = run_programs(
+        ["def f():\n    1 / 0\nf()", "def f(:\n", "import sys\nsys.exit(3)", "raise SystemExit('bye')"],
+        LIMITS,
+        workers=2,
+        isolation=isolation,
+    )
+    assert raised.exit_code == 1 and raised.stderr.startswith("Traceback (most recent call last):\n  File ")
+    assert "sandbox_boot" not in raised.stderr and raised.stderr.rstrip().endswith(
+        "ZeroDivisionError: division by zero"
+    )
+    assert syntax.exit_code == 1 and syntax.stderr.rstrip().endswith("SyntaxError: invalid syntax")
+    assert exited.exit_code == 3 and message.exit_code == 1 and message.stderr == "bye\n"

