@@ -208,7 +208,7 @@ def test_a_span_across_two_stored_chunks_has_the_lines_that_hold_it(tmp_path):
     document = before + SPAN + "\n\n" + novel(rng, 20)
     first = before.count("\n") + 1
     index = index_of(tmp_path, [{"content": document, "repo": "r", "path": "big.py"}])
-    assert index.texts[0]["chunks"] == 2
+    assert index.shards[0].texts[0]["chunks"] == 2
     for code in (SPAN, between(rng, SPAN)[0]):
         [match] = index.check(code).matches
         assert (match.source_lines, match.tokens, match.kind) == ((first, first + 9), 102, "verbatim")

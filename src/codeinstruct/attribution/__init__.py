@@ -5,7 +5,8 @@
 span of ``min_tokens`` or more tokens that the code shares with it, verbatim or with names and
 literals consistently renamed. The rooms: normalize (token views), fingerprint (k-grams,
 winnowing, Bloom filter), align (exact verification), format (the files on disk), build
-(writing an index), index (opening and querying one), report (what a check returns) and
+(writing an index: its shards, as Ray tasks when several), index (opening and querying one,
+merging its shards' answers), report (what a check returns) and
 decontaminate (benchmark problems found in the corpus).
 """
 

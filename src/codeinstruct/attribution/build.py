@@ -1,24 +1,35 @@
-"""Building an attribution index: read a corpus, fingerprint and store it, write the files.
+"""Building an attribution index: read a corpus, fingerprint and store it in shards, write the files.
 
 Each document is lexed (normalize), its k-grams hashed and winnowed (fingerprint), and its
 token view stored in compressed chunks; the tables go to disk in the layout of
-``attribution.format``. Batches of documents are processed in worker processes once the corpus
-proves larger than one batch; the first batch trains the zstd dictionary every chunk shares.
+``attribution.format``, one shard at a time. A shard's first batch of documents trains the zstd
+dictionary every chunk of it shares.
 
-Writes are atomic: an index is built in a temporary directory beside the target and renamed
-into place; ``--add`` opens the existing index, builds the merged one the same way and swaps
-it in, while readers of the old one keep their memory maps.
+Shards. The corpus is read once to learn its size (and drop documents that repeat one already
+read or indexed: same content, repo and path), then again to cut it into contiguous ranges of
+about equal bytes, in corpus order. One shard is built in this process; several are built as
+tasks of Ray, on a local cluster or a real one: Ray because a shard is a plain Python function
+of its documents, which Ray schedules on the cores of one machine or many with nothing to
+install beyond a wheel, where Dask's or Spark's strength (dataframes, shuffles) goes unused.
+
+Writes are atomic: a shard is built in a temporary directory beside its place and renamed into
+it; an index of several is assembled in a temporary directory, its manifest written last, and
+renamed into place; ``--add`` builds the new shards beside the existing ones (which it does not
+touch) and rewrites only the top manifest, so readers of the old index keep their memory maps.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import json
-import multiprocessing
+import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +46,13 @@ from codeinstruct.attribution.format import (
     FORMAT,
     MANIFEST_FILE,
     PATHS_FILE,
+    SHARDS_VERSION,
     STRINGS_FILE,
     TEXT_ROW,
     VERSION,
     VIEWS_FILE,
     file_checksum,
+    shard_name,
 )
 from codeinstruct.attribution.index import AttributionIndex
 from codeinstruct.attribution.normalize import encode_view, scanner_for, view_of
@@ -53,6 +66,9 @@ DEFAULT_MIN_TOKENS = 50
 _ZSTD_LEVEL = 9
 _BATCH_BYTES = 1 << 20
 _BATCH_DOCUMENTS = 512
+# By default a shard per worker, but none smaller than this: starting Ray takes seconds, in which
+# one process indexes some 30 MB.
+_SHARD_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -60,12 +76,13 @@ class IndexSummary:
     path: Path
     documents: int  # all documents in the index
     added: int  # documents added by this build
-    texts: int  # distinct document contents
+    texts: int  # distinct document contents (in each shard)
     corpus_bytes: int  # UTF-8 bytes of all indexed documents
     index_bytes: int
     tokens: int
     fingerprints: int
     min_tokens: int
+    shards: int = 1
     skipped: dict[str, int] = field(default_factory=dict)  # by the corpus reader, by reason
 
     @property
@@ -78,7 +95,7 @@ _Processed = tuple[list[bytes], list[int], np.ndarray, np.ndarray, int]
 
 
 class _BatchProcessor:
-    """Documents -> stored chunks and fingerprints; runs in worker processes."""
+    """Documents -> stored chunks and fingerprints."""
 
     def __init__(self, k: int, w: int, dictionary: bytes | None):
         self.k, self.w = k, w
@@ -103,29 +120,6 @@ def _compressor(dictionary: bytes | None) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=_ZSTD_LEVEL, dict_data=data)
 
 
-_PROCESSOR: _BatchProcessor | None = None
-
-
-def _init_worker(k: int, w: int, dictionary: bytes | None) -> None:
-    global _PROCESSOR
-    _PROCESSOR = _BatchProcessor(k, w, dictionary)
-
-
-def _process_in_worker(batch: list[tuple[str, str | None]]) -> list[_Processed]:
-    assert _PROCESSOR is not None
-    return _PROCESSOR(batch)
-
-
-class _Done:
-    """A result computed in this process, with the same get() as a pool's AsyncResult."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def get(self):
-        return self.value
-
-
 def _train_dictionary(samples: list[bytes]) -> bytes:
     """A zstd dictionary from the first stored views, or b"" when there is too little to learn from."""
     total = sum(map(len, samples))
@@ -138,9 +132,9 @@ def _train_dictionary(samples: list[bytes]) -> bytes:
 
 
 class _Builder:
-    """The tables of an index being built, starting from an existing one for --add."""
+    """The tables of a shard being built."""
 
-    def __init__(self, min_tokens: int, base: AttributionIndex | None, views_file):
+    def __init__(self, min_tokens: int, views_file):
         self.min_tokens = min_tokens
         self.k, self.w = window_params(min_tokens)
         self.views_file = views_file
@@ -162,36 +156,6 @@ class _Builder:
         self.dictionary: bytes | None = None
         self.pending: list[tuple[int, str, str | None]] = []  # new texts awaiting processing
         self.pending_bytes = 0
-        if base is not None:
-            self._load(base)
-
-    def _load(self, base: AttributionIndex) -> None:
-        m = base.manifest
-        self.dictionary = base.dictionary
-        self.strings = {kind: list(values) for kind, values in base.strings.items()}
-        self.string_ids = {kind: {v: i for i, v in enumerate(vs)} for kind, vs in self.strings.items()}
-        docs = base.documents
-        paths = bytes(base.paths)
-        for row in docs.tolist():
-            text, repo, license, language, start, end = row
-            path = paths[start:end]
-            self.documents.append((text, repo, license, language))
-            self.paths.append(path)
-            self.known.add((text, repo, path))
-        for row in base.texts.tolist():
-            _, tokens, first_chunk, chunks, _, _, content_hash = row
-            self.text_by_hash[bytes(content_hash)] = len(self.text_rows)
-            self.text_rows.append((tokens, first_chunk, chunks, bytes(content_hash)))
-            self.total_tokens += tokens
-        self.chunk_rows = [tuple(row) for row in base.chunks.tolist()]
-        with open(base.path / VIEWS_FILE, "rb") as f:
-            shutil.copyfileobj(f, self.views_file)
-        self.view_bytes = self.chunk_rows[-1][1] if self.chunk_rows else 0
-        self.keys.append((base.keys_hi.astype(np.uint64) << np.uint64(8)) | base.keys_lo.astype(np.uint64))
-        self.key_positions.append(np.array(base.postings, dtype=np.uint64))
-        self.corpus_bytes = m["corpus_bytes"]
-        self.languages.update(m["languages"])
-        self.scanners.update(m["scanners"])
 
     def _intern(self, kind: str, value) -> int:
         ids = self.string_ids[kind]
@@ -316,21 +280,30 @@ def build_index(
     include: list[str] | None = None,
     max_file_bytes: int = 1_000_000,
     min_tokens: int | None = None,
+    shards: int | None = None,
     workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    ray_address: str | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
 ) -> IndexSummary:
     """Index the documents of ``sources`` (corpus.iter_documents) into the directory ``out``.
 
-    With ``add``, ``out`` must be an index; its documents are kept and the new ones added
-    (a document already indexed with the same repo, path and content is skipped).
-    ``min_tokens`` is the shortest span the index guarantees to find (default 50).
-    ``workers`` processes share the work once the corpus proves larger than one batch
-    (default: one per CPU). ``progress(bytes_read, documents_read)`` is called as it goes.
+    The corpus is cut into ``shards`` contiguous ranges of about equal bytes (default: one per
+    worker, none under 32 MB). One shard is built in this process; several are built as Ray tasks,
+    on a local cluster of ``workers`` CPUs (default: one per CPU) or on the cluster at
+    ``ray_address`` (the index must then be on a filesystem every node shares). With ``add``,
+    ``out`` must be an index: the new documents become new shards and the shards already there
+    are left as they are (a document already indexed with the same repo, path and content is
+    skipped). ``min_tokens`` is the shortest span the index guarantees to find (default 50).
+    ``progress(what, bytes_done, bytes_total or None)`` is called as it goes.
     """
     out = Path(out)
     sources = [os.fspath(s) for s in sources]
     if not sources:
         raise CodeinstructError("no sources given")
+    if shards is not None and shards < 1:
+        raise CodeinstructError(f"--shards must be at least 1, got {shards}")
+    if ray_address is not None:
+        _check_reachable(ray_address)  # before reading the corpus, and before Ray retries for minutes
     base = None
     if add:
         if not out.exists():
@@ -348,110 +321,377 @@ def build_index(
         raise CodeinstructError(f"--min-tokens must be at least 8, got {min_tokens}")
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    try:
+        plan = _Plan(sources, include, max_file_bytes, progress)
+        plan.survey(_known(base) if base is not None else set())
+        if not plan.documents and base is None:
+            raise CodeinstructError("no documents found in the given sources" + _skipped_note(plan.report))
+        if plan.documents:
+            if ray_address is None and (shards or min(workers, plan.bytes // _SHARD_BYTES)) <= 1:
+                _build(base, out, 1, functools.partial(_build_here, plan, min_tokens))
+            else:
+                if progress is not None:
+                    progress("starting Ray" if ray_address is None else "connecting to Ray", 0, plan.bytes)
+                with _ray_session(ray_address, workers) as ray:
+                    slots = max(1, int(ray.cluster_resources().get("CPU", workers)))
+                    count = min(shards or max(1, min(slots, plan.bytes // _SHARD_BYTES)), plan.documents)
+                    _build(base, out, count, functools.partial(_build_on_ray, ray, plan, min_tokens, count, slots))
+    finally:
+        if base is not None:
+            base.close()
+    manifest = _read_json(out / MANIFEST_FILE)
+    return IndexSummary(
+        path=out,
+        documents=manifest["documents"],
+        added=plan.documents,
+        texts=manifest["texts"],
+        corpus_bytes=manifest["corpus_bytes"],
+        index_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+        tokens=manifest.get("tokens", 0),
+        fingerprints=manifest.get("fingerprints", 0),
+        min_tokens=manifest["min_tokens"],
+        shards=len(manifest.get("shards", [None])),
+        skipped=dict(plan.report.skipped),
+    )
+
+
+# ---------------------------------------------------------------- reading the corpus
+
+
+def _document_key(content_hash: bytes, repo: str, path: bytes) -> bytes:
+    """What makes a document a repeat of one already indexed: the same content, repo and path."""
+    return xxhash.xxh3_128_digest(content_hash + repo.encode("utf-8", "surrogatepass") + b"\0" + path)
+
+
+def _known(index: AttributionIndex) -> set[bytes]:
+    """The _document_key of every document of an index."""
+    known = set()
+    for shard in index.shards:
+        hashes = [bytes(h) for h in shard.texts["content_hash"].tolist()]
+        repos, paths = shard.strings["repos"], bytes(shard.paths)
+        for text, repo, _, _, start, end in shard.documents.tolist():
+            known.add(_document_key(hashes[text], repos[repo], paths[start:end]))
+    return known
+
+
+class _Plan:
+    """The corpus, read twice: first to learn its size and which documents repeat one already
+    read (survey), then to hand out the documents to index (documents_to_index)."""
+
+    def __init__(self, sources, include, max_file_bytes, progress):
+        self.sources, self.include, self.max_file_bytes, self.progress = sources, include, max_file_bytes, progress
+        self.report = CorpusReport()
+        self.keep = bytearray()  # per document read: 1 to index it, 0 for a repeat
+        self.documents = 0  # to index
+        self.bytes = 0  # UTF-8 bytes of the documents to index
+
+    def survey(self, known: set[bytes]) -> None:
+        for doc in iter_documents(self.sources, self.include, self.max_file_bytes, self.report):
+            data = doc.content.encode("utf-8", "surrogatepass")
+            key = _document_key(xxhash.xxh3_128_digest(data), doc.repo, doc.path.encode("utf-8", "surrogatepass"))
+            new = key not in known
+            self.keep.append(new)
+            if new:
+                known.add(key)
+                self.documents += 1
+                self.bytes += len(data)
+            if self.progress is not None and len(self.keep) % 256 == 0:
+                self.progress("reading", self.report.bytes, None)
+
+    def documents_to_index(self) -> Iterator[tuple[Document, int]]:
+        """The documents to index in corpus order, each with its UTF-8 size."""
+        read = 0
+        for read, doc in enumerate(iter_documents(self.sources, self.include, self.max_file_bytes), 1):
+            if read > len(self.keep):
+                break
+            if self.keep[read - 1]:
+                yield doc, len(doc.content.encode("utf-8", "surrogatepass"))
+        if read != len(self.keep):
+            raise CodeinstructError(f"{self.sources[0]}: the sources changed while being indexed; index them again")
+
+
+# ---------------------------------------------------------------- building shards
+
+# build(directory_of, first): builds shards numbered from first into directory_of(number), returns their entries.
+_ShardBuilder = Callable[[Callable[[int], Path], int], list[dict]]
+
+
+def _build(base: AttributionIndex | None, out: Path, count: int, build: _ShardBuilder) -> None:
+    """Write the index: one shard is the index's directory, several go into a top directory with
+    their manifest (written last, then renamed into place), an added shard goes beside those of
+    the index (whose manifest is rewritten last). A failure leaves no part of it behind."""
+    if base is None and count == 1:
+        build(lambda number: out, 0)  # written beside and renamed into place
+        return
+    if base is not None and base.manifest.get("version") == SHARDS_VERSION:
+        _add_shards(base, out, build)
+        return
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
+    moved = False
     try:
-        summary = _build(sources, tmp, base, min_tokens, include, max_file_bytes, workers, progress)
-        manifest = summary.pop("manifest")
+        entries = build(lambda number: tmp / shard_name(number), 0 if base is None else 1)
+        if base is not None:
+            # An index of one shard (its directory) becomes the first shard of the new one.
+            base.close()
+            os.rename(out, tmp / shard_name(0))
+            moved = True
+            entries.insert(0, _entry_of(tmp / shard_name(0)))
+        write_json(tmp / MANIFEST_FILE, _top_manifest(entries))
+        os.rename(tmp, out)
+    except BaseException:
+        if moved and not out.exists():
+            os.rename(tmp / shard_name(0), out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _add_shards(base: AttributionIndex, out: Path, build: _ShardBuilder) -> None:
+    """New shards beside those of a sharded index, then its manifest rewritten; nothing else is touched."""
+    old = base.manifest["shards"]
+    made: list[Path] = []
+
+    def directory_of(number: int) -> Path:
+        path = out / shard_name(number)
+        if path not in made:
+            if path.exists():
+                shutil.rmtree(path)  # left by an add that failed before listing it: no reader opens it
+            made.append(path)
+        return path
+
+    try:
+        entries = build(directory_of, 1 + max(int(entry["name"].split("-")[1]) for entry in old))
+        write_json(out / MANIFEST_FILE, _top_manifest([*old, *entries]))
+    except BaseException:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+            for leftover in out.glob(f".{path.name}.building-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        raise
+
+
+def _top_manifest(entries: list[dict]) -> dict:
+    """The manifest of an index of several shards: parameters, totals, and the shards in order."""
+    languages: collections.Counter[str] = collections.Counter()
+    scanners: collections.Counter[str] = collections.Counter()
+    for entry in entries:
+        languages.update(entry["languages"])
+        scanners.update(entry["scanners"])
+    min_tokens = entries[0]["min_tokens"]
+    k, w = window_params(min_tokens)
+    return {
+        "format": FORMAT,
+        "version": SHARDS_VERSION,
+        "min_tokens": min_tokens,
+        "k": k,
+        "window": w,
+        **{key: sum(e[key] for e in entries) for key in _TOTALS},
+        "languages": dict(languages.most_common()),
+        "scanners": dict(scanners.most_common()),
+        "shards": entries,
+    }
+
+
+_TOTALS = ("documents", "texts", "tokens", "postings", "fingerprints", "corpus_bytes", "index_bytes")
+
+
+def _entry_of(directory: Path) -> dict:
+    """A shard's entry in the top manifest: its name, parameters and totals, and its manifest's checksum."""
+    m = _read_json(directory / MANIFEST_FILE)
+    return {
+        "name": directory.name,
+        "min_tokens": m["min_tokens"],
+        **{key: m.get(key, 0) for key in _TOTALS if key != "index_bytes"},  # tokens, fingerprints: not in all
+        "index_bytes": sum(meta["bytes"] for meta in m["files"].values()),
+        "languages": m["languages"],
+        "scanners": m["scanners"],
+        "manifest_xxh3": file_checksum(directory / MANIFEST_FILE),
+    }
+
+
+def _build_here(plan: _Plan, min_tokens: int, directory_of: Callable[[int], Path], first: int) -> list[dict]:
+    """One shard, built in this process."""
+    progress = plan.progress
+    report = (lambda done: progress("indexing", done, plan.bytes)) if progress is not None else None
+    directory = directory_of(first)
+    _write_shard((doc for doc, _ in plan.documents_to_index()), directory, min_tokens, report)
+    return [_entry_of(directory)]
+
+
+def _build_on_ray(
+    ray, plan: _Plan, min_tokens: int, count: int, slots: int, directory_of: Callable[[int], Path], first: int
+) -> list[dict]:
+    """``count`` shards of about equal bytes built as Ray tasks, slots + 1 at most handed out at a
+    time (so that the driver holds no more of the corpus than the workers are busy with)."""
+    remote = ray.remote(num_cpus=1)(_shard_task)
+    progress = plan.progress
+    what = f"indexing {count} shards"
+    pending: dict = {}  # task -> (shard number, its directory, bytes)
+    entries: dict[int, dict] = {}
+    done = 0
+    if progress is not None:
+        progress(what, 0, plan.bytes)
+
+    def finish_one() -> None:
+        nonlocal done
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        number, directory, size = pending.pop(ready)
+        entries[number] = _shard_result(ray, ready, directory)
+        done += size
+        if progress is not None:
+            progress(what, done, plan.bytes)
+
+    def submit(number: int, documents: list[Document], size: int) -> None:
+        while len(pending) > slots:
+            finish_one()
+        directory = directory_of(number)
+        pending[remote.remote(documents, os.fspath(directory), min_tokens)] = (number, directory, size)
+
+    try:
+        part, batch, size, before = 0, [], 0, 0
+        for doc, doc_bytes in plan.documents_to_index():
+            # Contiguous ranges of about plan.bytes / count: a document goes where its middle falls.
+            at = min(count - 1, (2 * before + doc_bytes) * count // (2 * plan.bytes))
+            if at != part and batch:
+                submit(first + part, batch, size)
+                batch, size = [], 0
+            part = at
+            batch.append(doc)
+            size += doc_bytes
+            before += doc_bytes
+        if batch:
+            submit(first + part, batch, size)
+        while pending:
+            finish_one()
+    except BaseException:
+        for task in pending:
+            ray.cancel(task, force=True)
+        for task in pending:
+            try:
+                ray.get(task)
+            except Exception:
+                pass  # cancelled; what it wrote goes with the build's temporary directories
+        raise
+    # Numbered in corpus order; a range left empty by one large document is no shard.
+    return [entries[n] for n in sorted(entries)]
+
+
+def _shard_task(documents: list[Document], directory: str, min_tokens: int) -> dict:
+    """A Ray task: one shard written, its entry for the top manifest returned."""
+    _write_shard(documents, Path(directory), min_tokens)
+    return _entry_of(Path(directory))
+
+
+def _shard_result(ray, task, directory: Path) -> dict:
+    """The entry a shard task returned; its failure as the error it was."""
+    try:
+        entry = ray.get(task)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, CodeinstructError):
+            raise CodeinstructError(str(e.cause)) from None
+        raise
+    except ray.exceptions.RayError as e:
+        raise CodeinstructError(
+            f"{directory}: the Ray worker building this shard failed ({type(e).__name__})"
+        ) from None
+    if not (directory / MANIFEST_FILE).is_file():
+        raise CodeinstructError(
+            f"{directory}: the shard a Ray node wrote is not here; with --ray-address, put the index on a "
+            "filesystem every node shares"
+        )
+    return entry
+
+
+def _check_reachable(address: str) -> None:
+    """A clear error when nothing answers at a Ray cluster's address (HOST:PORT or ray://HOST:PORT;
+    "auto" finds the cluster this machine belongs to)."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise CodeinstructError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise CodeinstructError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None, workers: int):
+    """Ray, started as a local cluster of ``workers`` CPUs (no dashboard, quiet) or connected to the
+    cluster at ``address``, and shut down after; a Ray already started in this process is used as it is."""
+    try:
+        import ray
+    except ImportError:
+        raise CodeinstructError("building an index of several shards needs Ray: pip install 'ray>=2.40'") from None
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address is not None:
+            ray.init(address=address, **quiet)
+        else:
+            # "local": a new cluster of our own, even where `ray start` left one running.
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"--ray-address {address}" if address else "a local Ray cluster"
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CodeinstructError(f"{where}: cannot start ({first_line})") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _write_shard(
+    documents: Iterable[Document], directory: Path, min_tokens: int, progress: Callable[[int], None] | None = None
+) -> None:
+    """Build one shard of ``documents`` (no two with the same content, repo and path) into
+    ``directory``: written in a temporary directory beside it, then renamed into place.
+    ``progress(bytes_done)`` is called after each batch."""
+    tmp = directory.parent / f".{directory.name}.building-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        with atomic_writer(tmp / VIEWS_FILE, "wb") as views_file:
+            builder = _Builder(min_tokens, views_file)
+            processor: _BatchProcessor | None = None
+
+            def process() -> None:
+                nonlocal processor
+                texts, batch = builder.take_batch()
+                if processor is None:
+                    # The first batch trains the dictionary that every stored view is compressed with.
+                    raw = _BatchProcessor(builder.k, builder.w, None)(batch)
+                    builder.dictionary = _train_dictionary([blob for blobs, *_ in raw for blob in blobs])
+                    processor = _BatchProcessor(builder.k, builder.w, builder.dictionary)
+                    compress = processor.compressor.compress
+                    builder.store(texts, [([compress(b) for b in blobs], *rest) for blobs, *rest in raw])
+                else:
+                    builder.store(texts, processor(batch))
+                if progress is not None:
+                    progress(builder.corpus_bytes)
+
+            for doc in documents:
+                builder.add(doc)
+                if builder.pending_bytes >= _BATCH_BYTES or len(builder.pending) >= _BATCH_DOCUMENTS:
+                    process()
+            if builder.pending:
+                process()
+        manifest = builder.write(tmp)
         manifest["files"] = {
             p.name: {"bytes": p.stat().st_size, "xxh3_64": file_checksum(p)} for p in sorted(tmp.iterdir())
         }
         write_json(tmp / MANIFEST_FILE, manifest)
-        index_bytes = sum(p.stat().st_size for p in tmp.iterdir())
-        if base is not None:
-            base.close()
-            _swap(tmp, out)
-        else:
-            os.rename(tmp, out)
+        os.rename(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return IndexSummary(
-        path=out,
-        documents=manifest["documents"],
-        added=summary["added"],
-        texts=manifest["texts"],
-        corpus_bytes=manifest["corpus_bytes"],
-        index_bytes=index_bytes,
-        tokens=manifest["tokens"],
-        fingerprints=manifest["fingerprints"],
-        min_tokens=min_tokens,
-        skipped=summary["skipped"],
-    )
 
 
-def _swap(new: Path, target: Path) -> None:
-    """Replace the index directory ``target`` by ``new`` (readers of the old one keep their maps)."""
-    old = target.parent / f".{target.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}"
-    os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _build(sources, tmp: Path, base, min_tokens, include, max_file_bytes, workers, progress) -> dict:
-    report = CorpusReport()
-    pool = None
-    pending: collections.deque = collections.deque()
-    with atomic_writer(tmp / VIEWS_FILE, "wb") as views_file:
-        builder = _Builder(min_tokens, base, views_file)
-        processor: _BatchProcessor | None = None
-        added = 0
-
-        def dispatch() -> None:
-            nonlocal processor, pool
-            texts, batch = builder.take_batch()
-            if processor is None:
-                # The first batch trains the dictionary that every stored view is compressed with.
-                raw = _BatchProcessor(builder.k, builder.w, None)(batch)
-                if builder.dictionary is None:
-                    builder.dictionary = _train_dictionary([blob for blobs, *_ in raw for blob in blobs])
-                processor = _BatchProcessor(builder.k, builder.w, builder.dictionary)
-                compress = processor.compressor.compress
-                pending.append((texts, _Done([([compress(b) for b in blobs], *rest) for blobs, *rest in raw])))
-                return
-            if pool is None and workers > 1:
-                context = multiprocessing.get_context("spawn")
-                pool = context.Pool(
-                    workers, initializer=_init_worker, initargs=(builder.k, builder.w, builder.dictionary)
-                )
-            if pool is None:
-                pending.append((texts, _Done(processor(batch))))
-            else:
-                pending.append((texts, pool.apply_async(_process_in_worker, (batch,))))
-            while len(pending) > 2 * workers:
-                drain_one()
-
-        def drain_one() -> None:
-            texts, result = pending.popleft()
-            builder.store(texts, result.get())
-
-        try:
-            n_read = 0
-            documents = iter_documents(sources, include=include, max_file_bytes=max_file_bytes, report=report)
-            for n_read, doc in enumerate(documents, 1):
-                added += builder.add(doc)
-                if builder.pending_bytes >= _BATCH_BYTES or len(builder.pending) >= _BATCH_DOCUMENTS:
-                    dispatch()
-                    if progress is not None:
-                        progress(report.bytes, n_read)
-            if builder.pending:
-                dispatch()
-            while pending:
-                drain_one()
-            if progress is not None:
-                progress(report.bytes, n_read)
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-    if not builder.documents:
-        raise CodeinstructError("no documents found in the given sources" + _skipped_note(report))
-    manifest = builder.write(tmp)
-    return {"manifest": manifest, "added": added, "skipped": dict(report.skipped)}
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _skipped_note(report: CorpusReport) -> str:

@@ -1,6 +1,13 @@
 """The on-disk layout of an attribution index: what build writes and index reads, in one place.
 
-An index is a directory:
+An index is a set of shards. An index of one shard is that shard's directory (so every index
+written before shards existed is a one-shard index); an index of several is a directory holding
+``manifest.json`` (format, ``SHARDS_VERSION``, min_tokens/k/window, totals over the shards, and
+each shard's name, documents, bytes and the xxh3 checksum of its own manifest) and the shards in
+subdirectories ``shard-NNNNN``, in corpus order: the documents of shard i come before those of
+shard i + 1, which is what lets a query merge their answers into those of one shard.
+
+A shard is a directory:
 
 - ``manifest.json``: format and version, parameters (min_tokens, k, w), counts, languages,
   and the byte size and xxh3 checksum of every other file; opening checks all of them, so a
@@ -31,7 +38,8 @@ import numpy as np
 import xxhash
 
 FORMAT = "codeinstruct-attribution-index"
-VERSION = 1
+VERSION = 1  # a shard's layout (and a one-shard index's)
+SHARDS_VERSION = 2  # the top manifest of an index of several shards
 CHUNK_TOKENS = 2048  # tokens of a stored view per compressed chunk
 
 MANIFEST_FILE = "manifest.json"
@@ -57,6 +65,15 @@ MANIFEST_KEYS = (
     "scanners",
     "files",
 )
+
+# Keys of the top manifest of a sharded index; "shards" lists {"name", "documents", "texts", "corpus_bytes",
+# "index_bytes", "manifest_xxh3"} in corpus order.
+SHARDS_MANIFEST_KEYS = ("min_tokens", "k", "window", "documents", "corpus_bytes", "languages", "scanners", "shards")
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:05d}"
+
 
 # Rows of documents.npy, texts.npy and chunks.npy.
 DOCUMENT_ROW = np.dtype(

@@ -1,6 +1,7 @@
 """Reading an attribution index: open it memory-mapped, verify it, check code against it.
 
-The files are those of ``attribution.format`` (``build`` writes them). Numbers live in
+The files are those of ``attribution.format`` (``build`` writes them): ``IndexShard`` reads one
+shard, ``AttributionIndex`` an index of one shard or several (see "Shards" below). Numbers live in
 ``.npy`` files opened with ``numpy.load(mmap_mode="r")``: opening reads the manifest and
 checksums the files, and nothing is decoded until a query needs it. Readers share nothing
 mutable but a cache of read chunks (``functools.lru_cache`` is thread-safe) and keep a zstd
@@ -27,14 +28,26 @@ text (verbatim, re-laid-out or consistently renamed), however many texts hold it
    repeated by near-copies is aligned once, and ``max_verified`` bounds the distinct alignments.
 
 Every holder is a verified span with its own lines; report.assemble groups, counts and lists them.
+
+Shards. An index of several shards is checked by lexing the code once and finding its spans in
+every shard with one ``_Query`` (so the caches and the bound on alignments are shared, as in one
+shard), then merging: a text is named by its content hash, the spans of a content held by several
+shards are taken from the first shard holding it and its documents listed from every one, in shard
+order, and contents are numbered by their first holder (shard, text), which is the order one shard
+built over the same documents numbers its texts in. So the report equals that of one shard over
+the same corpus: same matches, copies, sources and license summary. (It can differ only where
+the bounds on work bind, ``max_verified`` and ``_MAX_PAIRS``, which one shard applies to all
+places ranked together and shards apply shard by shard.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import mmap
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Self
@@ -60,6 +73,8 @@ from codeinstruct.attribution.format import (
     MANIFEST_FILE,
     MANIFEST_KEYS,
     PATHS_FILE,
+    SHARDS_MANIFEST_KEYS,
+    SHARDS_VERSION,
     STRINGS_FILE,
     VERSION,
     VIEWS_FILE,
@@ -78,7 +93,7 @@ from codeinstruct.attribution.report import AttributionReport, SourceSpan, assem
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.files import read_bytes
 
-__all__ = ["AttributionIndex"]
+__all__ = ["AttributionIndex", "IndexShard"]
 
 _MAX_PAIRS = 2_000_000  # (query position, posting) pairs per query; see _clusters
 _MAX_VERIFIED = 256  # distinct stretches aligned per query and lexer, at most (check's max_verified)
@@ -86,8 +101,26 @@ _REACH = 8  # tokens read beyond a place on each side (a span's first token may 
 _GROW = 64  # tokens read at a time where a stretch goes on past what was read
 
 
-class AttributionIndex:
-    """An index opened for reading; see the module docstring. Use ``AttributionIndex.open(path)``."""
+class _Query:
+    """Code lexed by one scanner, as every shard checks it: its token view, the keys of its tokens'
+    stored form, k-gram hashes and line bounds, and what verifying it has learnt so far (alignments
+    of stretches, identical runs: both depend only on the query and the stretch, not the shard)."""
+
+    def __init__(self, tokens, k: int, max_verified: int):
+        self.view = view_of(tokens)
+        self.keys = StoredView(encode_view(tokens).encode("utf-8", "surrogatepass")).keys
+        self.prev = previous_same(self.view)
+        self.hashes = kgram_hashes(self.view, k, self.prev)
+        self.line_start, self.line_end = _line_bounds(self.view)
+        self.outcomes: dict[bytes, list[tuple[int, int, bool]]] = {}
+        self.identical: dict[tuple[int, int], Run] = {}
+        self.aligned = 0  # distinct stretches aligned, at most max_verified
+        self.max_verified = max_verified
+
+
+class IndexShard:
+    """One shard (a directory of ``attribution.format``) opened for reading; see the module docstring.
+    ``AttributionIndex.open(path)`` opens an index, whatever its shards."""
 
     def __init__(
         self,
@@ -121,24 +154,16 @@ class AttributionIndex:
         self.dictionary = dictionary
         self._local = threading.local()
         self._chunk = functools.lru_cache(maxsize=1024)(self._read_chunk)
-        names = sorted(manifest["scanners"].items(), key=lambda kv: (-kv[1], kv[0]))
-        self._scanners = [s for s in (scanner_named(name) for name, _ in names) if s is not None]
+        self._scanners = _scanners_of(manifest)
 
     # ------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], verify: bool = True) -> AttributionIndex:
-        """Open an index memory-mapped; checks the manifest, file sizes and (with verify) checksums."""
+    def open(cls, path: str | os.PathLike[str], verify: bool = True, manifest: dict | None = None) -> IndexShard:
+        """Open a shard memory-mapped; checks the manifest, file sizes and (with verify) checksums."""
         path = Path(path)
-        if not path.is_dir():
-            raise CodeinstructError(f"{path}: no attribution index here (not a directory)")
-        manifest_path = path / MANIFEST_FILE
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CodeinstructError(f"{path}: not an attribution index (no manifest.json)") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise CodeinstructError(f"{manifest_path}: unreadable manifest ({e})") from None
+        if manifest is None:
+            manifest = _read_manifest(path)
         cls._check_manifest(path, manifest, verify)
         arrays = {}
         for name in ARRAYS:
@@ -163,8 +188,8 @@ class AttributionIndex:
         version = manifest.get("version")
         if version != VERSION:
             raise CodeinstructError(
-                f"{where}: index format version {version!r}; this codeinstruct reads version "
-                f"{VERSION}, rebuild the index"
+                f"{where}: index format version {version!r}; this codeinstruct reads versions "
+                f"{VERSION} (one shard) and {SHARDS_VERSION} (shards), rebuild the index"
             )
         missing = [key for key in MANIFEST_KEYS if key not in manifest]
         if missing:
@@ -248,6 +273,10 @@ class AttributionIndex:
     def __len__(self) -> int:
         return len(self.documents)
 
+    def content_hash(self, text: int) -> bytes:
+        """The xxh3-128 digest of a text's content: the same content has the same in every shard."""
+        return bytes(self.texts[text]["content_hash"])
+
     def documents_of(self, text: int) -> list[tuple[str, str, str | None]]:
         """(repo, path, license) of every document holding this text, in index order."""
         row = self.texts[text]
@@ -282,8 +311,7 @@ class AttributionIndex:
         for scanner in self._scanners_for(language):
             tokens = scanner.scan(code)
             if len(tokens) >= min_tokens:
-                stored = StoredView(encode_view(tokens).encode("utf-8", "surrogatepass"))
-                spans.extend(self._find(view_of(tokens), stored.keys, min_tokens, max_verified))
+                spans.extend(self._find(_Query(tokens, self.k, max_verified), min_tokens))
         return assemble(spans, self.documents_of, min_tokens)
 
     def may_contain(self, code: str, language: str | None = None) -> bool:
@@ -296,14 +324,7 @@ class AttributionIndex:
         return False
 
     def _min_tokens(self, min_tokens: int | None) -> int:
-        if min_tokens is None:
-            return self.min_tokens
-        if min_tokens < self.min_tokens:
-            raise CodeinstructError(
-                f"{self.path}: this index finds spans of {self.min_tokens} tokens or more "
-                f"(--min-tokens {min_tokens} asked); rebuild it with --min-tokens {min_tokens}"
-            )
-        return min_tokens
+        return _at_least(self.path, self.min_tokens, min_tokens)
 
     def _scanners_for(self, language: str | None):
         if language is not None:
@@ -391,19 +412,13 @@ class AttributionIndex:
             )
         )
 
-    def _find(self, query: TokenView, query_keys: np.ndarray, min_tokens: int, max_verified: int) -> list[SourceSpan]:
-        """Every verified span of the query, one per holder (see the module docstring).
-
-        ``query_keys`` are the query's tokens' StoredView.keys, comparable with the index's."""
-        query_prev = previous_same(query)
-        hashes = kgram_hashes(query, self.k, query_prev)
-        line_start, line_end = _line_bounds(query)
-        outcomes: dict[bytes, list[tuple[int, int, bool]]] = {}
-        identical: dict[tuple[int, int], Run] = {}
+    def _find(self, q: _Query, min_tokens: int) -> list[SourceSpan]:
+        """Every verified span of the query in this shard, one per holder (see the module docstring)."""
+        query, query_keys, query_prev = q.view, q.keys, q.prev
+        line_start, line_end, outcomes, identical = q.line_start, q.line_end, q.outcomes, q.identical
         seen: set[tuple[int, int, int, int]] = set()
         spans: list[SourceSpan] = []
-        aligned = 0
-        for text, diagonal, q_start, q_end in self._clusters(hashes, min_tokens):
+        for text, diagonal, q_start, q_end in self._clusters(q.hashes, min_tokens):
             runs = []
             for a, b, keys in self._stretches(query, query_keys, text, diagonal, q_start, q_end, min_tokens):
                 if (text, diagonal, a, b) in seen:
@@ -429,9 +444,9 @@ class AttributionIndex:
                 key = np.array([a, b], dtype=np.int64).tobytes() + keys.tobytes()
                 outcome = outcomes.get(key)
                 if outcome is None:
-                    if aligned >= max_verified:
+                    if q.aligned >= q.max_verified:
                         continue
-                    aligned += 1
+                    q.aligned += 1
                     source = self._window(text, a + diagonal, b + diagonal)
                     outcome = outcomes[key] = [
                         (r.q_start, r.q_end, r.verbatim)
@@ -525,6 +540,180 @@ class AttributionIndex:
             raise CodeinstructError(
                 f"{self.path}: stored chunk {chunk} is unreadable ({e}); rebuild the index"
             ) from None
+
+
+class AttributionIndex:
+    """An index opened for reading: one shard or several, checked as one (see the module docstring).
+
+    ``AttributionIndex.open(path)``; ``check(code)`` reports where code came from. One opened
+    index serves concurrent readers."""
+
+    def __init__(self, path: Path, manifest: dict, shards: list[IndexShard]):
+        self.path = path
+        self.manifest = manifest
+        self.shards = shards
+        self.min_tokens: int = manifest["min_tokens"]
+        self.k: int = manifest["k"]
+        self.w: int = manifest["window"]
+        self._scanners = _scanners_of(manifest)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], verify: bool = True) -> AttributionIndex:
+        """Open an index memory-mapped: every shard's manifest, file sizes and (with verify) checksums
+        are checked, and nothing else is read until a query needs it."""
+        path = Path(path)
+        manifest = _read_manifest(path)
+        if not (isinstance(manifest, dict) and manifest.get("version") == SHARDS_VERSION):
+            shard = IndexShard.open(path, verify, manifest)  # an index of one shard
+            return cls(path, shard.manifest, [shard])
+        where = path / MANIFEST_FILE
+        if manifest.get("format") != FORMAT:
+            raise CodeinstructError(f"{where}: not a codeinstruct attribution index manifest")
+        missing = [key for key in SHARDS_MANIFEST_KEYS if key not in manifest]
+        entries = manifest.get("shards")
+        if missing or not isinstance(entries, list) or not entries:
+            raise CodeinstructError(f"{where}: missing {', '.join(missing) or 'shards'}; rebuild the index")
+        shards: list[IndexShard] = []
+        try:
+            for entry in entries:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if not isinstance(name, str) or not re.fullmatch(r"shard-\d{5,}", name):
+                    raise CodeinstructError(f"{where}: a shard entry is malformed ({entry!r}); rebuild the index")
+                shard_manifest = path / name / MANIFEST_FILE
+                if not shard_manifest.is_file():
+                    raise CodeinstructError(f"{path / name}: shard missing; the index is incomplete, rebuild it")
+                if file_checksum(shard_manifest) != entry.get("manifest_xxh3"):
+                    raise CodeinstructError(
+                        f"{shard_manifest}: not the shard the index lists; the index is mixed with another one, "
+                        "rebuild it"
+                    )
+                shard = IndexShard.open(path / name, verify)
+                shards.append(shard)
+                if shard.min_tokens != manifest["min_tokens"] or len(shard) != entry.get("documents"):
+                    raise CodeinstructError(
+                        f"{path / name}: parameters or documents disagree with {where}; rebuild the index"
+                    )
+        except BaseException:
+            for shard in shards:
+                shard.close()
+            raise
+        if (manifest["k"], manifest["window"]) != (shards[0].k, shards[0].w):
+            raise CodeinstructError(f"{where}: parameters disagree with the shards'; rebuild the index")
+        return cls(path, manifest, shards)
+
+    def close(self) -> None:
+        """Release the memory maps (optional: they also go when the index is garbage-collected)."""
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return sum(len(shard) for shard in self.shards)
+
+    def check(
+        self,
+        code: str,
+        min_tokens: int | None = None,
+        language: str | None = None,
+        max_verified: int = _MAX_VERIFIED,
+    ) -> AttributionReport:
+        """Every verified span of ``min_tokens`` or more tokens that ``code`` shares with the corpus.
+
+        ``language`` picks the lexer for the code (a corpus language name such as "Python");
+        by default the code is read with the lexer of every language in the index.
+        ``max_verified`` bounds the distinct stretches aligned token by token per lexer (see the
+        module docstring): stretches that hold the code as it is, and stretches equal to one
+        already aligned, do not count, so it binds only where very many different texts share
+        different renamed variants of the code.
+        """
+        if len(self.shards) == 1:
+            return self.shards[0].check(code, min_tokens, language, max_verified)
+        min_tokens = _at_least(self.path, self.min_tokens, min_tokens)
+        found: list[tuple[int, SourceSpan]] = []
+        for scanner in [scanner_for(language)] if language is not None else self._scanners:
+            tokens = scanner.scan(code)
+            if len(tokens) >= min_tokens:
+                query = _Query(tokens, self.k, max_verified)
+                for number, shard in enumerate(self.shards):
+                    found.extend((number, span) for span in shard._find(query, min_tokens))
+        spans, documents_of = self._merged(found)
+        return assemble(spans, documents_of, min_tokens)
+
+    def _merged(self, found: list[tuple[int, SourceSpan]]):
+        """The spans of several shards as one shard over their documents would give them, and its
+        documents_of (see the module docstring)."""
+        holders: dict[bytes, dict[int, int]] = {}  # content hash -> {shard: its text of that content}
+        content: dict[tuple[int, int], bytes] = {}
+        for number, span in found:
+            for text in (span.text, *span.copies):
+                if (number, text) not in content:
+                    digest = content[(number, text)] = self.shards[number].content_hash(text)
+                    holders.setdefault(digest, {})[number] = text
+        # Contents numbered by their first holder: one shard numbers texts by first document, and
+        # the documents of a shard all come before those of the next.
+        firsts = sorted((min(by_shard.items()), digest) for digest, by_shard in holders.items())
+        numbered = {digest: i for i, (_, digest) in enumerate(firsts)}
+        texts = [sorted(holders[digest].items()) for _, digest in firsts]
+        spans = [
+            dataclasses.replace(
+                span,
+                text=numbered[content[(number, span.text)]],
+                copies=tuple(numbered[content[(number, t)]] for t in span.copies),
+            )
+            for number, span in found
+            if number == min(holders[content[(number, span.text)]])
+        ]
+
+        def documents_of(text: int) -> list[tuple[str, str, str | None]]:
+            return [doc for number, local in texts[text] for doc in self.shards[number].documents_of(local)]
+
+        return spans, documents_of
+
+    def may_contain(self, code: str, language: str | None = None) -> bool:
+        """Whether any k-gram of ``code`` is an indexed fingerprint: the Bloom filters, then the locators
+        for the few keys they let through. False means no span of min_tokens tokens is in the corpus."""
+        for scanner in [scanner_for(language)] if language is not None else self._scanners:
+            query = view_of(scanner.scan(code))
+            if len(query) >= self.min_tokens:
+                keys = keys_of(kgram_hashes(query, self.k))
+                if any(len(shard._lookup(keys)[0]) for shard in self.shards):
+                    return True
+        return False
+
+
+def _read_manifest(path: Path) -> object:
+    if not path.is_dir():
+        raise CodeinstructError(f"{path}: no attribution index here (not a directory)")
+    manifest_path = path / MANIFEST_FILE
+    try:
+        return json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CodeinstructError(f"{path}: not an attribution index (no manifest.json)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CodeinstructError(f"{manifest_path}: unreadable manifest ({e})") from None
+
+
+def _scanners_of(manifest: dict) -> list:
+    """The lexers of the languages indexed, most documents first."""
+    names = sorted(manifest["scanners"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return [s for s in (scanner_named(name) for name, _ in names) if s is not None]
+
+
+def _at_least(path: Path, index_min_tokens: int, min_tokens: int | None) -> int:
+    """The min_tokens of a check: the index's, or more."""
+    if min_tokens is None:
+        return index_min_tokens
+    if min_tokens < index_min_tokens:
+        raise CodeinstructError(
+            f"{path}: this index finds spans of {index_min_tokens} tokens or more "
+            f"(--min-tokens {min_tokens} asked); rebuild it with --min-tokens {min_tokens}"
+        )
+    return min_tokens
 
 
 def _line_bounds(view: TokenView) -> tuple[list[int], list[int]]:

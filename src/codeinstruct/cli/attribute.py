@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from codeinstruct.cli.app import console, err_console, reading_progress
+from codeinstruct.cli.app import console, err_console
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.files import read_text
 
@@ -27,7 +27,9 @@ def attribute_index(
         list[str], typer.Argument(help="directories, JSONL files of {content, repo, path, license}, or builtin:stdlib")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="the index directory to write")],
-    add: Annotated[bool, typer.Option("--add", help="add the documents to the index already at --out")] = False,
+    add: Annotated[
+        bool, typer.Option("--add", help="add the documents to the index at --out as new shards (others untouched)")
+    ] = False,
     include: Annotated[
         list[str] | None,
         typer.Option(help="files to read in directories: a glob ('*.py') or extension ('py'); repeatable"),
@@ -36,15 +38,32 @@ def attribute_index(
     min_tokens: Annotated[
         int | None, typer.Option(min=8, help="shortest shared span the index guarantees to find (default 50)")
     ] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="processes (default: one per CPU)")] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(min=1, help="shards, built as Ray tasks when more than one (default: one per worker, >= 32 MB)"),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="CPUs of the local Ray cluster (default: all)")] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="build on this Ray cluster (head:6379, or auto on one of its nodes) instead of a local one"),
+    ] = None,
 ):
-    """Index a code corpus for attribution: token views, a Bloom filter and winnowed fingerprints."""
+    """Index a code corpus for attribution: token views, a Bloom filter and winnowed fingerprints, in shards."""
     from rich.filesize import decimal
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     from codeinstruct.attribution import build_index
 
     # stdout holds only the result; no bar when stderr is not a terminal
-    with reading_progress(disable=not err_console.is_terminal) as progress:
-        task = progress.add_task("indexing", total=None, documents=0)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("reading", total=None)
         summary = build_index(
             sources,
             out,
@@ -52,10 +71,14 @@ def attribute_index(
             include=include or None,
             max_file_bytes=max_file_bytes,
             min_tokens=min_tokens,
+            shards=shards,
             workers=workers,
-            progress=lambda done, documents: progress.update(task, completed=done, documents=documents),
+            ray_address=ray_address,
+            progress=lambda what, done, total: progress.update(task, description=what, completed=done, total=total),
         )
-    held = f"{summary.documents:,} documents ({summary.texts:,} distinct, {decimal(summary.corpus_bytes)})"
+    held = f"{summary.documents:,} documents ({decimal(summary.corpus_bytes)})"
+    if summary.shards > 1:
+        held += f" in {summary.shards} shards"
     what = f"added {summary.added:,} documents; {out} holds {held}" if add else f"indexed {held} into {out}"
     console.print(
         f"{what}: {decimal(summary.index_bytes)}, {summary.size_ratio:.1%} of the corpus; "
