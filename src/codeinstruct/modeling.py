@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Literal, get_args
 
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.tokenizer import load_tokenizer, save_tokenizer
@@ -96,18 +97,41 @@ def load_model(source: str, *, tokenizer=None, dropout: float | None = None, att
         raise CodeinstructError(f"{source}: cannot load model ({str(e).splitlines()[0]})") from None
 
 
-def load_for_inference(model_dir: str | Path, device: str = "auto"):
-    """(model, tokenizer) from a Hugging Face directory such as a run's final/, in eval mode on `device`."""
+# `--dtype` of the commands that run a model: the weights are converted to it as they load, whatever the
+# checkpoint holds; `auto` keeps the checkpoint's own dtype (float32 when it names none). `int8` loads float32
+# and the engine's GPTBigCode runner quantizes the matrices (int8 weights, per-token int8 activations).
+InferenceDtype = Literal["auto", "float32", "bfloat16", "float16", "int8"]
+INFERENCE_DTYPES: tuple[str, ...] = get_args(InferenceDtype)
+
+
+def inference_dtype(name: str, setting: str = "--dtype"):
+    """The torch dtype of a `--dtype` choice; None for `auto` (the checkpoint's)."""
+    if name not in INFERENCE_DTYPES:
+        raise CodeinstructError(f"{setting}: unknown dtype '{name}' (known: {', '.join(INFERENCE_DTYPES)})")
+    import torch
+
+    return None if name == "auto" else torch.float32 if name == "int8" else getattr(torch, name)
+
+
+def load_for_inference(model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer) from a Hugging Face directory such as a run's final/, in eval mode on `device`.
+
+    `dtype` (INFERENCE_DTYPES) converts the weights as they load: a float32 checkpoint runs in
+    bfloat16 without a bfloat16 copy on disk; `auto` keeps the checkpoint's dtype.
+    """
     from transformers import AutoModelForCausalLM
 
     from codeinstruct.devices import pick_device  # imports torch, which importing this module does not
 
+    torch_dtype = inference_dtype(dtype)
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise CodeinstructError(f"{path}: not a model directory (no config.json)")
     tokenizer = load_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype="auto" if torch_dtype is None else torch_dtype
+        )
     except (OSError, ValueError) as e:
         raise CodeinstructError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
     return model.to(pick_device(device, "device")).eval(), tokenizer

@@ -11,6 +11,9 @@ import typer
 from codeinstruct.cli.app import app, quiet_libraries
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.files import read_text
+from codeinstruct.modeling import InferenceDtype
+
+DTYPE_HELP = "the weights' dtype, converted as they load (auto: the checkpoint's own)"
 
 
 # ---------------------------------------------------------------- generate
@@ -29,6 +32,7 @@ def generate(
     repetition_penalty: Annotated[float, typer.Option(min=0.0, help="1: off")] = 1.0,
     seed: int = 0,
     stream: Annotated[bool, typer.Option("--stream", help="print the answer as it is generated")] = False,
+    dtype: Annotated[InferenceDtype, typer.Option(help=DTYPE_HELP)] = "auto",
 ):
     """Answer an instruction with the Alpaca prompt; prints only the response."""
     from codeinstruct.infer.engine import Engine
@@ -41,7 +45,7 @@ def generate(
         context = read_text(input_file)
     params = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     quiet_libraries()
-    engine = Engine.from_pretrained(model, max_batch_size=1)
+    engine = Engine.from_pretrained(model, dtype=dtype, max_batch_size=1)
     if stream:
         for piece in stream_response(engine, instruction, context, params):
             sys.stdout.write(piece)
@@ -64,6 +68,7 @@ def complete(
     top_k: Annotated[int, typer.Option(min=0, help="0: off")] = 0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     seed: int = 0,
+    dtype: Annotated[InferenceDtype, typer.Option(help=DTYPE_HELP)] = "auto",
 ):
     """Fill-in-the-Middle: print exactly the code that goes between the prefix and the suffix."""
     from codeinstruct.infer.engine import Engine
@@ -72,7 +77,7 @@ def complete(
     texts = [read_text(prefix_file), read_text(suffix_file)]
     params = _sampling(max_new_tokens, temperature, top_k, top_p, 1.0, seed)
     quiet_libraries()
-    engine = Engine.from_pretrained(model, max_batch_size=1)
+    engine = Engine.from_pretrained(model, dtype=dtype, max_batch_size=1)
     sys.stdout.write(complete_middle(engine, texts[0], texts[1], spm=spm, params=params))
 
 

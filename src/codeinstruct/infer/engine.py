@@ -5,6 +5,9 @@ through `Engine`. Per step it (1) drops cancelled requests, (2) spends a token b
 prompt prefill (long prompts in chunks, new requests admitted first come, first served while
 cache slots are free), and (3) decodes one token for every running sequence in one batched
 forward pass. A request leaves the batch the step it finishes; its slot is reused at once.
+A prompt that begins like a recent one (the Alpaca preamble, an editor's file) copies that
+beginning's keys and values from a few extra cache slots that keep recent prompts, and prefills
+only the rest.
 
 The forward passes and the KV cache are the runner's (infer/runners.py); the handles, events and
 outputs a caller holds are in infer/requests.py. Nothing a request sees depends on its neighbours:
@@ -18,6 +21,7 @@ import itertools
 import queue
 import threading
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +43,27 @@ from codeinstruct.modeling import context_length, load_for_inference
 from codeinstruct.prompts import encode_text
 
 
+MIN_PREFIX_TOKENS = 16  # shorter shared beginnings are computed again: a copy would save little
+
+
+@dataclass
+class _Prefix:
+    """A cache slot holding a recent prompt's keys and values."""
+
+    slot: int
+    ids: list[int] = field(default_factory=list)
+    used: int = 0
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class Engine:
     """Continuous-batching generation over one model. Thread-safe: submit from any thread."""
 
@@ -50,7 +75,12 @@ class Engine:
         max_batch_size: int = 16,
         max_tokens_per_step: int = 512,
         max_seq_len: int | None = None,
+        weights: str = "dense",
+        prefix_slots: int = 4,
     ):
+        """`weights="int8"` runs a float32 GPTBigCode model's matrices in int8 (runners.GPTBigCodeRunner).
+        `prefix_slots` extra cache slots keep recent prompts, whose shared beginnings later prompts reuse
+        instead of computing them again (GPTBigCode only; 0: off)."""
         if max_batch_size < 1 or max_tokens_per_step < 1:
             raise CodeinstructError("max_batch_size and max_tokens_per_step must be at least 1")
         context = context_length(model.config)
@@ -60,7 +90,12 @@ class Engine:
         self.eos_id = tokenizer.eos_token_id
         self.max_batch_size = max_batch_size
         self.max_tokens_per_step = max_tokens_per_step
-        self.runner: ModelRunner = runner_for(model, max_batch_size, self.max_seq_len)
+        # prompts' KV kept in slots past the batch's, for prefix reuse; only where a slot copy is cheap
+        prefix_slots = prefix_slots if model.config.model_type == "gpt_bigcode" else 0
+        self.runner: ModelRunner = runner_for(model, max_batch_size + prefix_slots, self.max_seq_len, weights=weights)
+        self._prefixes = [_Prefix(max_batch_size + i) for i in range(prefix_slots)]
+        self._prefix_uses = itertools.count(1)
+        self.prefix_tokens_reused = 0
         self.device = self.runner.device
         self.vocab_size = self.runner.vocab_size
         self._lock = threading.RLock()
@@ -77,9 +112,9 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "auto", dtype: str = "auto", **kwargs) -> Engine:
-        """An engine over a model directory; `dtype` converts the weights as they load (devices.INFERENCE_DTYPES)."""
+        """An engine over a model directory; `dtype` converts the weights as they load (modeling.INFERENCE_DTYPES)."""
         model, tokenizer = load_for_inference(model_dir, device=device, dtype=dtype)
-        return cls(model, tokenizer, **kwargs)
+        return cls(model, tokenizer, weights="int8" if dtype == "int8" else "dense", **kwargs)
 
     # ------------------------------------------------------------------ public API
 
@@ -243,6 +278,7 @@ class Engine:
                     s.slot = self._free_slots.pop(0)
                     if r.params.adapter is not None:  # a LoRA adapter's request (infer/lora.py)
                         self.runner.bind(s.slot, r.params.adapter)
+                self._reuse_prefix(r)
                 self._prefilling.append(r)
             else:
                 return fed
@@ -258,6 +294,7 @@ class Engine:
             if r.prefilled == len(r.prompt_ids):
                 self._prefilling.popleft()
                 first = r.sequences[0]
+                self._keep_prefix(r)
                 for s in r.sequences[1:]:
                     self.runner.copy(first.slot, s.slot, r.prefilled)
                 self._running.extend(r.sequences)
@@ -266,6 +303,34 @@ class Engine:
                     s.note_logprob(logits, token)
                     self._accept(s, token)
                 self._compact()
+
+    def _reuse_prefix(self, r: RequestHandle) -> None:
+        """Start `r`'s prefill after the longest beginning it shares with a kept prompt (all but its last token)."""
+        if not self._prefixes or r.params.adapter is not None:
+            return
+        ids, best, length = r.prompt_ids, None, 0
+        for p in self._prefixes:
+            n = _common_length(p.ids, ids)
+            if n > length:
+                best, length = p, n
+        length = min(length, len(ids) - 1)
+        if best is None or length < MIN_PREFIX_TOKENS:
+            return
+        self.runner.copy(best.slot, r.sequences[0].slot, length)
+        best.used = next(self._prefix_uses)
+        r.prefilled = length
+        self.prefix_tokens_reused += length
+
+    def _keep_prefix(self, r: RequestHandle) -> None:
+        """Keep the prompt `r` just prefilled, in place of the least recently used kept one."""
+        ids = r.prompt_ids
+        if not self._prefixes or r.params.adapter is not None or len(ids) < MIN_PREFIX_TOKENS:
+            return
+        if any(_common_length(p.ids, ids) == len(ids) for p in self._prefixes):
+            return  # already kept whole (within a longer prompt)
+        target = min(self._prefixes, key=lambda p: p.used)
+        self.runner.copy(r.sequences[0].slot, target.slot, len(ids))
+        target.ids, target.used = ids, next(self._prefix_uses)
 
     def _decode(self, seqs: list[Sequence]) -> None:
         seqs.sort(key=lambda s: s.slot)

@@ -5,7 +5,9 @@ on a compact forward written against the model's own weights (the transformers m
 in Python than the model costs in arithmetic at this size), over a cache allocated once: per layer
 [slots, kv_heads, max_len, head_dim]. Its multi-query attention keeps one KV head, so the cache is n_head
 times smaller than a multi-head one; queries of all heads attend to it through a grouped view, never a
-copy. Any other causal LM runs through its transformers forward with one cache per sequence.
+copy. Its matrices run as the model holds them (float32, bfloat16, float16) or, with `weights="int8"`,
+as int8 copies with per-token int8 activations (`_Int8`). Any other causal LM runs through its
+transformers forward with one cache per sequence.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from codeinstruct.errors import CodeinstructError
 
 
 class ModelRunner(Protocol):
@@ -45,32 +49,83 @@ class ModelRunner(Protocol):
         ...
 
 
-def runner_for(model, slots: int, max_len: int) -> ModelRunner:
-    """The fastest runner that can run `model`."""
+def runner_for(model, slots: int, max_len: int, weights: str = "dense") -> ModelRunner:
+    """The fastest runner that can run `model`; `weights="int8"` (GPTBigCode only) quantizes its matrices."""
     if model.config.model_type == "gpt_bigcode":
-        return GPTBigCodeRunner(model, slots, max_len)
+        return GPTBigCodeRunner(model, slots, max_len, weights=weights)
+    if weights != "dense":
+        raise CodeinstructError(f"int8 weights need a GPTBigCode model, not {model.config.model_type}")
     return TransformersRunner(model, slots, max_len)
 
 
-class GPTBigCodeRunner:
-    """GPTBigCode forward over a static KV cache, reading the transformers model's weights in place."""
+WEIGHT_FORMATS = ("dense", "int8")
 
-    def __init__(self, model, slots: int, max_len: int):
+
+class _Dense:
+    """A linear layer on the model's own tensors (any dtype), read in place."""
+
+    __slots__ = ("weight", "bias")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _Int8:
+    """A linear layer with int8 weights (one scale per output row) and int8 activations quantized as they come,
+    one scale per row (token), multiplied in int32 (`torch._int_mm`: VNNI where the CPU has it).
+
+    Per-token scales keep every row's result independent of the other rows of the batch: a sequence decodes
+    the same tokens alone or beside others. (fbgemm's dynamic-quantization kernel is faster, but it scales a
+    whole batch at once.)
+    """
+
+    __slots__ = ("weight", "scale", "bias")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        w = weight.detach().float()
+        self.scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+        self.weight = (w / self.scale[:, None]).round().clamp(-127, 127).to(torch.int8).t().contiguous()
+        self.bias = None if bias is None else bias.detach().float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x_scale = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
+        q = torch.div(x, x_scale).round_().to(torch.int8)
+        out = torch._int_mm(q, self.weight).float().mul_(x_scale).mul_(self.scale)
+        return out if self.bias is None else out.add_(self.bias)
+
+
+class GPTBigCodeRunner:
+    """GPTBigCode forward over a static KV cache, reading the transformers model's weights in place
+    (`weights="dense"`, in the model's dtype) or an int8 copy of its matrices (`"int8"`, fp32 elsewhere)."""
+
+    def __init__(self, model, slots: int, max_len: int, weights: str = "dense"):
         from transformers.activations import ACT2FN
 
+        if weights not in WEIGHT_FORMATS:
+            raise CodeinstructError(f"unknown weight format '{weights}' (known: {', '.join(WEIGHT_FORMATS)})")
         cfg = model.config
         t = model.transformer
+        if weights == "int8":
+            if t.wte.weight.dtype != torch.float32 or t.wte.weight.device.type != "cpu":
+                raise CodeinstructError("int8 weights run on the CPU from a float32 model (load it with dtype float32)")
+            linear = _Int8
+        else:
+            linear = _Dense
+        self.weights = weights
         self.wte, self.wpe = t.wte.weight, t.wpe.weight
-        self.lm_head = model.lm_head.weight
+        self.lm_head = linear(model.lm_head.weight, None)
         self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
         self.blocks = [
             (
                 (b.ln_1.weight, b.ln_1.bias, b.ln_1.eps),
-                (b.attn.c_attn.weight, b.attn.c_attn.bias),
-                (b.attn.c_proj.weight, b.attn.c_proj.bias),
+                linear(b.attn.c_attn.weight, b.attn.c_attn.bias),
+                linear(b.attn.c_proj.weight, b.attn.c_proj.bias),
                 (b.ln_2.weight, b.ln_2.bias, b.ln_2.eps),
-                (b.mlp.c_fc.weight, b.mlp.c_fc.bias),
-                (b.mlp.c_proj.weight, b.mlp.c_proj.bias),
+                linear(b.mlp.c_fc.weight, b.mlp.c_fc.bias),
+                linear(b.mlp.c_proj.weight, b.mlp.c_proj.bias),
             )
             for b in t.h
         ]
@@ -84,11 +139,13 @@ class GPTBigCodeRunner:
         self.scale = self.head_dim**-0.5 if cfg.scale_attn_weights else 1.0
         shape = (slots, self.kv_heads, max_len, self.head_dim)
         dev, dt = self.wte.device, self.wte.dtype
+        self.dtype = dt
         self.k = [torch.zeros(shape, dtype=dt, device=dev) for _ in self.blocks]
         self.v = [torch.zeros(shape, dtype=dt, device=dev) for _ in self.blocks]
         self.device = dev
         self.vocab_size = self.wte.shape[0]
         self.max_len = max_len
+        self._positions = torch.arange(max_len, device=dev)
 
     @property
     def cache_bytes(self) -> int:
@@ -103,24 +160,29 @@ class GPTBigCodeRunner:
         return x[..., :d], x[..., d : 2 * d], x[..., 2 * d :]
 
     def _mlp_and_residual(self, x, attn, blk):
-        (_, _, _), _, proj, ln2, fc, fc_proj = blk
-        x = x + F.linear(attn, *proj)
+        _, _, proj, ln2, fc, fc_proj = blk
+        x = x + proj(attn)
         h = F.layer_norm(x, (self.embed,), ln2[0], ln2[1], ln2[2])
-        return x + F.linear(self.act(F.linear(h, *fc)), *fc_proj)
+        return x + fc_proj(self.act(fc(h)))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, (self.embed,), *self.ln_f[:2], self.ln_f[2])
+        logits = self.lm_head(x)
+        return logits if logits.dtype == torch.float32 else logits.float()  # sampling and logprobs want fp32
 
     def extend(self, slot: int, start: int, ids: list[int]) -> torch.Tensor:
         """Feed prompt tokens at positions start.. into `slot`; the logits after the last one [V]."""
         n = len(ids)
         end = start + n
-        pos = torch.arange(start, end, device=self.device)
+        pos = self._positions[start:end]
         x = self.wte[torch.tensor(ids, device=self.device)] + self.wpe[pos]
         mask = None
         if start:
-            mask = (torch.arange(end, device=self.device)[None, :] <= pos[:, None])[None, None]
+            mask = (self._positions[:end][None, :] <= pos[:, None])[None, None]
         for i, blk in enumerate(self.blocks):
             ln1, attn_w = blk[0], blk[1]
             h = F.layer_norm(x, (self.embed,), ln1[0], ln1[1], ln1[2])
-            q, k, v = self._split(F.linear(h, *attn_w))
+            q, k, v = self._split(attn_w(h))
             self.k[i][slot, :, start:end] = k.transpose(0, 1)
             self.v[i][slot, :, start:end] = v.transpose(0, 1)
             out = F.scaled_dot_product_attention(
@@ -133,8 +195,7 @@ class GPTBigCodeRunner:
                 enable_gqa=self.kv_heads != self.heads,
             )
             x = self._mlp_and_residual(x, out[0].transpose(0, 1).reshape(n, self.embed), blk)
-        x = F.layer_norm(x[-1:], (self.embed,), *self.ln_f[:2], self.ln_f[2])
-        return F.linear(x, self.lm_head)[0]
+        return self._logits(x[-1:])[0]
 
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         """One token for each of `slots` at `positions`: logits [B, V]."""
@@ -150,7 +211,10 @@ class GPTBigCodeRunner:
         else:
             slot_t = torch.tensor(slots, device=dev)
             contiguous = slots == list(range(b))
-            mask = (torch.arange(length, device=dev)[None, :] <= pos_t[:, None])[:, None, None, :]
+            mask = None
+            if min(positions) + 1 != length:  # rows of different lengths: an additive mask, built once per step
+                mask = torch.zeros((b, 1, 1, length), dtype=self.dtype, device=dev)
+                mask.masked_fill_((self._positions[:length][None, :] > pos_t[:, None])[:, None, None], float("-inf"))
             # where each new K/V row goes in the cache seen as [slots * kv_heads * max_len, D]
             rows = (
                 (slot_t[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=dev)[None, :]) * self.max_len
@@ -159,7 +223,7 @@ class GPTBigCodeRunner:
         for i, blk in enumerate(self.blocks):
             ln1, attn_w = blk[0], blk[1]
             h = F.layer_norm(x, (self.embed,), ln1[0], ln1[1], ln1[2])
-            q, k, v = self._split(F.linear(h, *attn_w))
+            q, k, v = self._split(attn_w(h))
             cache_k, cache_v = self.k[i], self.v[i]
             if single:
                 cache_k[slot, :, pos] = k[0]
@@ -177,8 +241,7 @@ class GPTBigCodeRunner:
                 q.reshape(b, self.kv_heads, g, d), keys, values, attn_mask=mask, scale=self.scale
             )
             x = self._mlp_and_residual(x, out.reshape(b, self.embed), blk)
-        x = F.layer_norm(x, (self.embed,), *self.ln_f[:2], self.ln_f[2])
-        return F.linear(x, self.lm_head)
+        return self._logits(x)
 
     def copy(self, src: int, dst: int, length: int) -> None:
         for k, v in zip(self.k, self.v):
