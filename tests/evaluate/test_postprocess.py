@@ -36,7 +36,8 @@ def run(completion: str, xs=(1, 2, 3)):
 
 def test_base_sends_the_stripped_prompt_and_stops_at_bigcode_stop_words():
     assert build_prompt(PROBLEM, "base") == PROMPT.rstrip()
-    assert stop_words("base") == ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif")
+    # bigcode-evaluation-harness's current list (after its PR #180): Codex's six, a code fence, StarCoder2's <file_sep>
+    assert stop_words("base") == ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,8 @@ def test_base_sends_the_stripped_prompt_and_stops_at_bigcode_stop_words():
         "\n    return sum(xs)\n# tests\nassert False\n",
         "\n    return sum(xs)\n@decorator\ndef g(): pass",
         "\n    return sum(xs)\nclass Foo:\n    pass",
+        "\n    return sum(xs)\n```\n\nThis function adds the numbers.",
+        "\n    return sum(xs)\n<file_sep>tests/test_total.py\nimport total",
     ],
 )
 def test_base_completion_is_the_body_before_the_first_stop_word(output):

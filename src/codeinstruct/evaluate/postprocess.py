@@ -8,9 +8,11 @@ base: the model completes the function.
     sent:    the problem's prompt with trailing whitespace removed (as bigcode-evaluation-harness
              does: a prompt that ends in "\\n" forces an unusual token boundary before the body's
              indentation, and models do worse).
-    stopped: at EOS or at the first of BASE_STOP_WORDS ("\\nclass", "\\ndef", "\\n#", "\\n@",
-             "\\nprint", "\\nif": anything that starts at column 0 after the body); the output is
-             cut before the stop word.
+    stopped: at EOS or at the first of BASE_STOP_WORDS, bigcode-evaluation-harness's list for
+             HumanEval as of its commit 01762fc7 (bigcode_eval/tasks/humaneval.py): "\\nclass",
+             "\\ndef", "\\n#", "\\n@", "\\nprint", "\\nif" (anything that starts at column 0 after
+             the body), "\\n```" (a code fence closing the answer) and "<file_sep>" (StarCoder2's file
+             separator); the output is cut before the stop word.
     completion: the output, less the whitespace the prompt lost when it was stripped (normally
              the one "\\n" the output starts with).
 
@@ -47,7 +49,8 @@ from codeinstruct.evaluate.benchmarks import Problem
 from codeinstruct.prompts import STOP_STRINGS, extract_response, format_prompt
 
 MODES = ("base", "instruct")
-BASE_STOP_WORDS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif")
+# bigcode-evaluation-harness's HumanEval stop words, in its order (commit 01762fc7, bigcode_eval/tasks/humaneval.py)
+BASE_STOP_WORDS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
 INSTRUCT_STOP_WORDS = STOP_STRINGS
 INSTRUCTION = (
     "Complete the following Python function `{entry_point}`. "

@@ -150,11 +150,12 @@ def score_samples(
     workers: int | None = None,
     isolation: Isolation | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    task: str | None = None,
 ) -> ScoreReport:
     """Run each sample's tests in the sandbox and compute outcomes and pass@k.
 
     `benchmark` defaults to the one named in the samples' config, else HumanEval; a path is read as
-    problems of the task the samples' config names (infill or humaneval, the default).
+    problems of `task`, else of the task the samples' config names (infill or humaneval, the default).
     `on_progress(done, total)` is called as each sample finishes.
     """
     if not allow_code_execution:
@@ -162,9 +163,9 @@ def score_samples(
             "scoring runs model-written code; it runs in a sandbox, but only when you allow it explicitly "
             "(--allow-code-execution, or allow_code_execution=True)"
         )
-    samples, named, task = read_samples_and_task(samples_file)
+    samples, named, named_task = read_samples_and_task(samples_file)
     if not isinstance(benchmark, Benchmark):
-        benchmark = load_benchmark(benchmark or named or HUMANEVAL, task or HUMANEVAL)
+        benchmark = load_benchmark(benchmark or named or HUMANEVAL, check_task(task or named_task or HUMANEVAL))
     problems = benchmark.by_id()
     for s in samples:
         if s.task_id not in problems:
