@@ -212,3 +212,36 @@ def test_a_span_across_two_stored_chunks_has_the_lines_that_hold_it(tmp_path):
     for code in (SPAN, between(rng, SPAN)[0]):
         [match] = index.check(code).matches
         assert (match.source_lines, match.tokens, match.kind) == ((first, first + 9), 102, "verbatim")
+
+
+def test_holders_of_one_code_differing_just_around_it_each_get_their_own_span(tmp_path):
+    # Holders are checked together, and stretches, identical runs and alignments are shared
+    # between holders whose tokens agree: a holder with the same code twice, and holders whose
+    # code differs by one token just before or after the span, must each get what they hold.
+    rng = random.Random(7)
+    middle = novel(rng, 2)
+    twice = novel(rng, 2) + "\n\n" + SPAN + "\n\n" + middle + "\n\n" + SPAN
+    places = {
+        (i + 1, i + 10) for i in range(len(twice.split("\n"))) if "\n".join(twice.split("\n")[i:]).startswith(SPAN)
+    }
+    assert len(places) == 2
+    records = [{"content": twice, "repo": "twice", "path": "t.py", "license": "MIT"}]
+    records += [{"content": f"# copy {i}\n" + SPAN, "repo": f"holder{i}", "path": "m.py"} for i in range(3)]
+    records += [
+        {"content": f"limit = {i % 3}\n" + SPAN + f"print(limit, {i})\n", "repo": f"edge{i}", "path": "e.py"}
+        for i in range(6)
+    ]
+    index = index_of(tmp_path, records)
+    [match] = index.check(SPAN).matches
+    assert match.copies == len(match.sources) == 10 and match.kind == "verbatim"
+    [mine] = [s for s in match.sources if s.repo == "twice"]
+    assert mine.source_lines in places and mine.query_lines == (1, 10)
+    # The line before the span is the query's in edge0 and edge3, the line after in edge4 only.
+    [match] = index.check("limit = 0\n" + SPAN + "print(limit, 4)\n").matches
+    sources = {s.repo: s for s in match.sources}
+    assert match.copies == len(sources) == 10 and all(s.tokens >= 102 for s in sources.values())
+    assert (sources["edge0"].query_lines, sources["edge0"].kind) == ((1, 11), "verbatim")
+    assert (sources["edge4"].query_lines, sources["edge4"].kind) == ((2, 12), "verbatim")
+    assert sources["edge3"].query_lines == (1, 12)
+    for repo in ("holder0", "holder1", "holder2", "twice"):
+        assert (sources[repo].query_lines, sources[repo].kind) == ((2, 11), "verbatim")

@@ -108,6 +108,21 @@ def test_stored_keys_are_equal_exactly_for_equal_tokens():
     assert again.tolist() == keys[100:300].tolist()
 
 
+def test_parts_of_a_stored_view_read_as_the_whole_in_any_order():
+    code = HULL + '    s = """two\nlines"""\n    t = "\u00e9t\u00e9 " + "x" * 30\n' + SCHEDULER
+    data = encode_view(PY.scan(code)).encode("utf-8", "surrogatepass")
+    whole = StoredView(data, first_line=3)
+    n = len(whole)
+    stored = StoredView(data, first_line=3)  # keys and kinds asked for by parts only
+    for a, b in [(40, 90), (50, 60), (10, 45), (200, 260), (0, 1), (n - 5, n), (30, 300)]:
+        assert np.array_equal(stored.keys_between(a, b), whole.keys[a:b])
+        assert np.array_equal(stored.kinds_between(a, b), whole.kinds[a:b])
+    assert [stored.token_lines(i) for i in range(n)] == [
+        (int(first[0]), int(last[0])) for first, last in (whole.lines(i, i + 1) for i in range(n))
+    ]
+    assert any(last > first for first, last in map(stored.token_lines, range(n)))  # the two-line string
+
+
 def test_languages_pick_their_lexers():
     assert scanner_for("python") is scanner_for("Python") is scanner_for("Cython")
     assert scanner_for("C++").name == scanner_for("Java").name == "c-family"

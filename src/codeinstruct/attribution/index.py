@@ -20,6 +20,9 @@ text (verbatim, re-laid-out or consistently renamed), however many texts hold it
 2. Stretches. The text is read over each place (``StoredView``: chunks located, not decoded),
    as far as its tokens can face the query's (same kinds, same keywords and punctuation: tokens
    compared by hashes of their stored form). Only such a stretch of min_tokens can hold a span.
+   Every place of a shard is worked on at once: the tokens of each text around its places are
+   read once (only the tokens needed, each chunk decompressed once) into one pool, and finding
+   the stretches is a few array operations over all places, however many texts hold the code.
 3. Verification. Where the text holds the query's tokens as they are over one stretch of
    min_tokens and nothing around it could align but parts of lines, that identical stretch is
    the span (align.identical_run, the same for every text): a span held by thousands of files
@@ -50,7 +53,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 import numpy as np
 import zstandard
@@ -95,10 +98,28 @@ from codeinstruct.files import read_bytes
 
 __all__ = ["AttributionIndex", "IndexShard"]
 
+# Read chunks kept per shard (about 20 KB each with what checks computed of them): enough for the
+# ~1500 texts a fragment held by very many files sits in, so that checking code like it again
+# decompresses nothing.
+_CACHED_CHUNKS = 4096
 _MAX_PAIRS = 2_000_000  # (query position, posting) pairs per query; see _clusters
 _MAX_VERIFIED = 256  # distinct stretches aligned per query and lexer, at most (check's max_verified)
 _REACH = 8  # tokens read beyond a place on each side (a span's first token may fingerprint otherwise there)
 _GROW = 64  # tokens read at a time where a stretch goes on past what was read
+
+
+class _Stretches(NamedTuple):
+    """The stretches of a shard's places (IndexShard._stretches), one element each."""
+
+    texts: np.ndarray
+    diagonals: np.ndarray
+    places: np.ndarray  # which place it is around (the places that have stretches, numbered in order)
+    starts: np.ndarray  # first query token
+    ends: np.ndarray
+    same_starts: np.ndarray  # the one identical run of min_tokens in it, -1 if not exactly one
+    same_ends: np.ndarray
+    keys: np.ndarray  # the texts' token keys, of every stretch end to end
+    key_starts: np.ndarray  # where its keys start in keys
 
 
 class _Query:
@@ -111,7 +132,8 @@ class _Query:
         self.keys = StoredView(encode_view(tokens).encode("utf-8", "surrogatepass")).keys
         self.prev = previous_same(self.view)
         self.hashes = kgram_hashes(self.view, k, self.prev)
-        self.line_start, self.line_end = _line_bounds(self.view)
+        self.line_starts, self.line_ends = _line_bounds(self.view)
+        self.lines, self.end_lines = self.view.lines.tolist(), self.view.end_lines.tolist()
         self.outcomes: dict[bytes, list[tuple[int, int, bool]]] = {}
         self.identical: dict[tuple[int, int], Run] = {}
         self.aligned = 0  # distinct stretches aligned, at most max_verified
@@ -153,7 +175,7 @@ class IndexShard:
         self.strings = strings
         self.dictionary = dictionary
         self._local = threading.local()
-        self._chunk = functools.lru_cache(maxsize=1024)(self._read_chunk)
+        self._chunk = functools.lru_cache(maxsize=_CACHED_CHUNKS)(self._read_chunk)
         self._scanners = _scanners_of(manifest)
 
     # ------------------------------------------------------------ opening
@@ -349,15 +371,15 @@ class IndexShard:
         same = self.keys_lo[rows] == np.repeat(lo, counts)
         return rows[same], np.repeat(keys, counts)[same], np.repeat(counts, counts)[same]
 
-    def _clusters(self, hashes: np.ndarray, min_tokens: int) -> list[tuple[int, int, int, int]]:
-        """(text, diagonal, first query token, end) of every place that can hold a shared span of
-        ``min_tokens`` tokens or more, most evidence first; see the module docstring."""
+    def _clusters(self, hashes: np.ndarray, min_tokens: int) -> tuple[np.ndarray, ...]:
+        """(texts, diagonals, first query tokens, ends) of every place that can hold a shared span of
+        ``min_tokens`` tokens or more, most evidence first, as arrays; see the module docstring."""
         k, w = self.k, self.w
         keys = keys_of(hashes)
         rows, hit_keys, _ = self._lookup(keys)
         minima = sliding_minima(hashes, w)
         if not len(rows) or not len(minima):
-            return []
+            return _NO_PLACES
         # Every (query position, posting) pair with the same key.
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
@@ -386,7 +408,7 @@ class IndexShard:
         useful = last_window[at] >= 0
         texts, diagonals, lo, hi = texts[useful], diagonals[useful], first_window[at][useful], last_window[at][useful]
         if not len(texts):
-            return []
+            return _NO_PLACES
         # Windows whose minimum a text holds on one diagonal, merged into runs of consecutive windows.
         order = np.lexsort((lo, diagonals, texts))
         texts, diagonals, lo, hi = texts[order], diagonals[order], lo[order], hi[order]
@@ -403,92 +425,210 @@ class IndexShard:
         texts, diagonals, windows = texts[firsts][enough], diagonals[firsts][enough], windows[enough]
         first, last = first[enough], last[enough]
         ranked = np.lexsort((diagonals, texts, -windows))
-        return list(
-            zip(
-                texts[ranked].tolist(),
-                diagonals[ranked].tolist(),
-                first[ranked].tolist(),
-                (last[ranked] + w + k - 1).tolist(),
-            )
-        )
+        return texts[ranked], diagonals[ranked], first[ranked], last[ranked] + (w + k - 1)
 
     def _find(self, q: _Query, min_tokens: int) -> list[SourceSpan]:
         """Every verified span of the query in this shard, one per holder (see the module docstring)."""
-        query, query_keys, query_prev = q.view, q.keys, q.prev
-        line_start, line_end, outcomes, identical = q.line_start, q.line_end, q.outcomes, q.identical
-        seen: set[tuple[int, int, int, int]] = set()
+        query, query_prev, outcomes, identical = q.view, q.prev, q.outcomes, q.identical
+        found = self._stretches(q, *self._clusters(q.hashes, min_tokens), min_tokens)
+        if found is None:
+            return []
+        texts, diagonals, places, starts, ends, same_starts, same_ends, keys, key_starts = found
+        # Another place on the same stretch: the stretch is taken once, where first reached.
+        order = np.lexsort((ends, starts, diagonals, texts))  # stable: the first of equals first
+        repeated = np.zeros(len(starts), dtype=bool)
+        repeated[order[1:]] = (
+            (texts[order[1:]] == texts[order[:-1]])
+            & (diagonals[order[1:]] == diagonals[order[:-1]])
+            & (starts[order[1:]] == starts[order[:-1]])
+            & (ends[order[1:]] == ends[order[:-1]])
+        )
+        # Where the text holds the code as it is, that is the match: one identical stretch with no
+        # whole line around it that could also align (renamed) gives the run aligned_runs would,
+        # and depends on nothing but where it is. So a span held by thousands of files costs a
+        # comparison per file (and these few array operations over them all).
+        last = len(query) - 1
+        same = (
+            (same_starts >= 0)
+            & ((same_starts == starts) | (starts > q.line_starts[np.clip(same_starts - 1, 0, last)]))
+            & ((same_ends == ends) | (ends < q.line_ends[np.clip(same_ends, 0, last)]))
+        )
+        run_starts, run_ends = same_starts.copy(), same_ends.copy()
+        for v_start, v_end in set(zip(same_starts[same].tolist(), same_ends[same].tolist())):
+            run = identical.get((v_start, v_end))
+            if run is None:
+                run = identical[(v_start, v_end)] = identical_run(query, query_prev, v_start, v_end, min_tokens)
+            chosen = same & (same_starts == v_start) & (same_ends == v_end)
+            run_starts[chosen], run_ends[chosen] = run.q_start, run.q_end
+        # Otherwise align, in order (max_verified bounds the distinct alignments). The result depends
+        # only on the stretch's tokens and where it faces the query, so near-copies that repeat
+        # one stretch are aligned once.
+        aligned: dict[int, list[Run]] = {}
+        for i in np.flatnonzero(~same & ~repeated).tolist():
+            a, b, text, diagonal = int(starts[i]), int(ends[i]), int(texts[i]), int(diagonals[i])
+            at = int(key_starts[i])
+            key = (a, b, keys[at : at + b - a].tobytes())
+            outcome = outcomes.get(key)
+            if outcome is None:
+                if q.aligned >= q.max_verified:
+                    continue
+                q.aligned += 1
+                source = self._window(text, a + diagonal, b + diagonal)
+                outcome = outcomes[key] = [
+                    (r.q_start, r.q_end, r.verbatim)
+                    for r in aligned_runs(query, query_prev, source, previous_same(source), -a, min_tokens)
+                ]
+            aligned.setdefault(int(places[i]), []).extend(
+                Run(qs, qe, qs + diagonal, qe + diagonal, verbatim) for qs, qe, verbatim in outcome
+            )
+        # Each place's runs, without near-duplicates; a span per run, with its own lines.
         spans: list[SourceSpan] = []
-        for text, diagonal, q_start, q_end in self._clusters(q.hashes, min_tokens):
-            runs = []
-            for a, b, keys in self._stretches(query, query_keys, text, diagonal, q_start, q_end, min_tokens):
-                if (text, diagonal, a, b) in seen:
-                    continue  # another place on the same stretch
-                seen.add((text, diagonal, a, b))
-                # Where the text holds the code as it is, that is the match: one identical stretch
-                # with no whole line around it that could also align (renamed) gives the run
-                # aligned_runs would, and depends on nothing but where it is. So a span held by
-                # thousands of files costs a comparison per file.
-                same = _runs_of(keys == query_keys[a:b], min_tokens)
-                if len(same) == 1:
-                    v_start, v_end = same[0][0] + a, same[0][1] + a
-                    if (v_start == a or a > line_start[v_start - 1]) and (v_end == b or b < line_end[v_end]):
-                        run = identical.get((v_start, v_end))
-                        if run is None:
-                            run = identical[(v_start, v_end)] = identical_run(
-                                query, query_prev, v_start, v_end, min_tokens
-                            )
-                        runs.append(Run(run.q_start, run.q_end, run.q_start + diagonal, run.q_end + diagonal, True))
-                        continue
-                # Otherwise align. The result depends only on the stretch's tokens and where it
-                # faces the query, so near-copies that repeat one stretch are aligned once.
-                key = np.array([a, b], dtype=np.int64).tobytes() + keys.tobytes()
-                outcome = outcomes.get(key)
-                if outcome is None:
-                    if q.aligned >= q.max_verified:
-                        continue
-                    q.aligned += 1
-                    source = self._window(text, a + diagonal, b + diagonal)
-                    outcome = outcomes[key] = [
-                        (r.q_start, r.q_end, r.verbatim)
-                        for r in aligned_runs(query, query_prev, source, previous_same(source), -a, min_tokens)
-                    ]
-                runs.extend(Run(qs, qe, qs + diagonal, qe + diagonal, verbatim) for qs, qe, verbatim in outcome)
-            for run in _distinct(runs):
-                query_lines = (int(query.lines[run.q_start]), int(query.end_lines[run.q_end - 1]))
-                source_lines = self._lines(text, run.d_start, run.d_end)
-                spans.append(SourceSpan(text, run.tokens, run.verbatim, query_lines, source_lines))
+        lines, end_lines = q.lines, q.end_lines
+        kept = (same & ~repeated).tolist()
+        places_, texts_, diagonals_ = places.tolist(), texts.tolist(), diagonals.tolist()
+        run_starts_, run_ends_ = run_starts.tolist(), run_ends.tolist()
+        i, count = 0, len(places_)
+        while i < count:
+            place, text, diagonal = places_[i], texts_[i], diagonals_[i]
+            j = i + 1
+            while j < count and places_[j] == place:
+                j += 1
+            if j == i + 1 and kept[i] and place not in aligned:  # most places: one identical stretch
+                qs, qe = run_starts_[i], run_ends_[i]
+                source_lines = self._lines(text, qs + diagonal, qe + diagonal)
+                spans.append(SourceSpan(text, qe - qs, True, (lines[qs], end_lines[qe - 1]), source_lines))
+            else:
+                runs = [
+                    Run(run_starts_[k], run_ends_[k], run_starts_[k] + diagonal, run_ends_[k] + diagonal, True)
+                    for k in range(i, j)
+                    if kept[k]
+                ]
+                runs.extend(aligned.get(place, ()))
+                for run in _distinct(runs):
+                    query_lines = (lines[run.q_start], end_lines[run.q_end - 1])
+                    source_lines = self._lines(text, run.d_start, run.d_end)
+                    spans.append(SourceSpan(text, run.tokens, run.verbatim, query_lines, source_lines))
+            i = j
         return spans
 
     def _stretches(
         self,
-        query: TokenView,
-        query_keys: np.ndarray,
-        text: int,
-        diagonal: int,
-        q_start: int,
-        q_end: int,
+        q: _Query,
+        texts: np.ndarray,
+        diagonals: np.ndarray,
+        q_starts: np.ndarray,
+        q_ends: np.ndarray,
         min_tokens: int,
-    ) -> list[tuple[int, int, np.ndarray]]:
-        """(first query token, end, the text's token keys there) of each maximal stretch of min_tokens
-        or more, around a place, where the text's tokens can face the query's: same kinds, same
-        keywords, operators and punctuation. Only there can a span be; a stretch is read as far as
-        it goes, so that it is the same wherever it was reached from."""
-        floor, ceiling = max(0, -diagonal), min(len(query), int(self._text_tokens[text]) - diagonal)
-        lo, hi = max(floor, q_start - _REACH), min(ceiling, q_end + _REACH)
-        while True:
-            if hi - lo < min_tokens:
-                return []
-            kinds = self._kinds(text, lo + diagonal, hi + diagonal)
-            same_kind = query.kinds[lo:hi] == kinds
-            if not _runs_of(same_kind, min_tokens):
-                return []  # most places: a k-gram of the same shape, and no more
-            keys = self._keys(text, lo + diagonal, hi + diagonal)
-            ok = same_kind & ((kinds != OTHER) | (query_keys[lo:hi] == keys))
-            grow_lo, grow_hi = bool(ok[0]) and lo > floor, bool(ok[-1]) and hi < ceiling
-            if not (grow_lo or grow_hi):
-                break
-            lo, hi = max(floor, lo - _GROW) if grow_lo else lo, min(ceiling, hi + _GROW) if grow_hi else hi
-        return [(lo + a, lo + b, keys[a:b]) for a, b in _runs_of(ok, min_tokens)]
+    ) -> _Stretches | None:
+        """Each maximal stretch of min_tokens or more, around a place (text, diagonal, query range),
+        where the text's tokens can face the query's: same kinds, same keywords, operators and
+        punctuation. Only there can a span be; a stretch is read as far as it goes (_GROW tokens at
+        a time), so that it is the same wherever it was reached from. In place order; None if none.
+
+        All places are worked on at once, as arrays: the tokens of every text around its places
+        are gathered once into one pool, and each step (the place's kinds, growing, the stretches,
+        the identical runs in them) is a few array operations over every place."""
+        n_query = len(q.view)
+        floor = np.maximum(0, -diagonals)
+        ceiling = np.minimum(n_query, self._text_tokens[texts] - diagonals)
+        lo = np.maximum(floor, q_starts - _REACH)
+        hi = np.minimum(ceiling, q_ends + _REACH)
+        kept = np.flatnonzero(hi - lo >= min_tokens)
+        if not len(kept):
+            return None
+        texts, diagonals, floor, ceiling, lo, hi = (x[kept] for x in (texts, diagonals, floor, ceiling, lo, hi))
+        # The tokens of each text that can face the query, in one pool; the pool index of query
+        # position i of place p is at[p] + i.
+        pool_kinds, origin, distinct, pieces = self._pool(texts, floor + diagonals, ceiling + diagonals)
+        at = origin + diagonals
+        query_kinds, query_keys = q.view.kinds, q.keys
+        # Most places: a k-gram of the same shape, and no more (no run of min_tokens same kinds).
+        positions, rows, bounds = _spans_of(lo, hi)
+        same_kind = pool_kinds[positions + at[rows]] == query_kinds[positions]
+        live = np.unique(rows[_runs_in(same_kind, bounds, min_tokens)[0]])
+        if not len(live):
+            return None
+        texts, diagonals, floor, ceiling, lo, hi, at = (x[live] for x in (texts, diagonals, floor, ceiling, lo, hi, at))
+        pool_keys = self._pool_keys(
+            len(pool_kinds), [piece for i in np.unique(distinct[live]).tolist() for piece in pieces[i]]
+        )
+
+        def ok(where: np.ndarray) -> np.ndarray:
+            kinds = pool_kinds[at + where]
+            return (kinds == query_kinds[where]) & ((kinds != OTHER) | (pool_keys[at + where] == query_keys[where]))
+
+        # Grow each end while the stretch reaches it (ends grow independently).
+        growing = ok(lo) & (lo > floor)
+        while growing.any():
+            lo = np.where(growing, np.maximum(floor, lo - _GROW), lo)
+            growing &= ok(lo) & (lo > floor)
+        growing = ok(hi - 1) & (hi < ceiling)
+        while growing.any():
+            hi = np.where(growing, np.minimum(ceiling, hi + _GROW), hi)
+            growing &= ok(hi - 1) & (hi < ceiling)
+        # The stretches: runs of min_tokens or more compatible tokens in each place's window.
+        positions, rows, bounds = _spans_of(lo, hi)
+        where = positions + at[rows]
+        kinds, keys = pool_kinds[where], pool_keys[where]
+        same_key = keys == query_keys[positions]
+        compatible = (kinds == query_kinds[positions]) & ((kinds != OTHER) | same_key)
+        starts, ends = _runs_in(compatible, bounds, min_tokens)
+        if not len(starts):
+            return None
+        # The identical runs of min_tokens in each stretch; a stretch with exactly one gets it.
+        inside = np.zeros(len(compatible) + 1, dtype=np.int8)
+        inside[starts] += 1
+        inside[ends] -= 1
+        same_starts, same_ends = _runs_in(same_key & (np.cumsum(inside[:-1]) > 0), bounds, min_tokens)
+        holder = np.searchsorted(starts, same_starts, "right") - 1
+        count = np.bincount(holder, minlength=len(starts))
+        shift = positions[starts] - starts  # query position minus pool index, for each stretch
+        same_start = np.full(len(starts), -1, dtype=np.int64)
+        same_end = np.full(len(starts), -1, dtype=np.int64)
+        one = np.flatnonzero(count == 1)
+        found = np.searchsorted(holder, one)  # the identical run of each stretch that has one
+        same_start[one], same_end[one] = same_starts[found] + shift[one], same_ends[found] + shift[one]
+        place = np.searchsorted(bounds, starts, "right")
+        return _Stretches(
+            texts[place], diagonals[place], place, starts + shift, ends + shift, same_start, same_end, keys, starts
+        )
+
+    def _pool(
+        self, texts: np.ndarray, starts: np.ndarray, ends: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[tuple[StoredView, int, int, int]]]]:
+        """StoredView.kinds of tokens [start, end) of each text (of the union of its ranges, for a text
+        named several times) laid end to end; for each text named, the pool index of its token 0 and
+        which distinct text it is; and for each distinct text, the (chunk, first token, end, pool
+        index) of its pieces, to read keys from (_pool_keys)."""
+        order = np.argsort(texts, kind="stable")
+        ordered = texts[order]
+        firsts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        lows = np.minimum.reduceat(starts[order], firsts).tolist()
+        highs = np.maximum.reduceat(ends[order], firsts).tolist()
+        kinds: list[np.ndarray] = []
+        offsets = []
+        pieces = []
+        total = 0
+        for text, low, high in zip(ordered[firsts].tolist(), lows, highs):
+            offsets.append(total - low)
+            own = []
+            for chunk, a, b in self._segments(text, low, high):
+                kinds.append(chunk.kinds_between(a, b))
+                own.append((chunk, a, b, total))
+                total += b - a
+            pieces.append(own)
+        distinct = np.empty(len(texts), dtype=np.int64)
+        distinct[order] = np.repeat(np.arange(len(firsts)), np.diff(np.append(firsts, len(texts))))
+        origin = np.asarray(offsets, dtype=np.int64)[distinct]
+        return np.concatenate(kinds), origin, distinct, pieces
+
+    @staticmethod
+    def _pool_keys(size: int, pieces: list[tuple[StoredView, int, int, int]]) -> np.ndarray:
+        """StoredView.keys of the pool's tokens in these pieces (0 elsewhere)."""
+        keys = np.zeros(size, dtype=np.uint64)
+        for chunk, a, b, at in pieces:
+            keys[at : at + b - a] = chunk.keys_between(a, b)
+        return keys
 
     # ------------------------------------------------------------ stored views
 
@@ -505,27 +645,11 @@ class IndexShard:
         """Tokens [start, end) of a stored text, reading only the chunks that hold them."""
         return TokenView.concatenate([chunk.view(a, b) for chunk, a, b in self._segments(text, start, end)])
 
-    def _kinds(self, text: int, start: int, end: int) -> np.ndarray:
-        """StoredView.kinds of tokens [start, end) of a text."""
-        segments = self._segments(text, start, end)
-        if len(segments) == 1:
-            chunk, a, b = segments[0]
-            return chunk.kinds[a:b]
-        return np.concatenate([chunk.kinds[a:b] for chunk, a, b in segments])
-
-    def _keys(self, text: int, start: int, end: int) -> np.ndarray:
-        """StoredView.keys of tokens [start, end) of a text: equal keys, equal tokens."""
-        segments = self._segments(text, start, end)
-        if len(segments) == 1:
-            chunk, a, b = segments[0]
-            return chunk.keys[a:b]
-        return np.concatenate([chunk.keys[a:b] for chunk, a, b in segments])
-
     def _lines(self, text: int, start: int, end: int) -> tuple[int, int]:
         """The first and last line of tokens [start, end) of a text."""
-        segments = self._segments(text, start, end)
-        (first, a, _), (last, _, b) = segments[0], segments[-1]
-        return int(first.lines(a, a + 1)[0][0]), int(last.lines(b - 1, b)[1][0])
+        first = int(self._first_chunks[text])
+        line = self._chunk(first + start // CHUNK_TOKENS).token_lines(start % CHUNK_TOKENS)[0]
+        return line, self._chunk(first + (end - 1) // CHUNK_TOKENS).token_lines((end - 1) % CHUNK_TOKENS)[1]
 
     def _read_chunk(self, chunk: int) -> StoredView:
         row = self.chunks[chunk]
@@ -716,25 +840,43 @@ def _at_least(path: Path, index_min_tokens: int, min_tokens: int | None) -> int:
     return min_tokens
 
 
-def _line_bounds(view: TokenView) -> tuple[list[int], list[int]]:
+def _line_bounds(view: TokenView) -> tuple[np.ndarray, np.ndarray]:
     """For each token, the first token of its line and one past the last."""
     lines = view.lines
     starts = np.flatnonzero(np.concatenate(([True], lines[1:] != lines[:-1])))
     ends = np.concatenate((starts[1:], [len(lines)]))
     which = np.searchsorted(starts, np.arange(len(lines)), "right") - 1
-    return starts[which].tolist(), ends[which].tolist()
+    return starts[which], ends[which]
 
 
-def _runs_of(ok: np.ndarray, min_tokens: int) -> list[tuple[int, int]]:
-    """[a, b) of every run of True in ok of min_tokens or more."""
-    if len(ok) < min_tokens:
-        return []
-    padded = np.zeros(len(ok) + 2, dtype=bool)
-    padded[1:-1] = ok
-    edges = np.flatnonzero(padded[1:] != padded[:-1])  # a run's start, its end, ...
-    starts, ends = edges[::2], edges[1::2]
-    long = np.flatnonzero(ends - starts >= min_tokens)
-    return list(zip(starts[long].tolist(), ends[long].tolist()))
+def _spans_of(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranges [lo, hi) (none empty) laid end to end: each element's position in its range, its
+    range, and where each range ends in the whole."""
+    lengths = hi - lo
+    bounds = np.cumsum(lengths)
+    rows = np.repeat(np.arange(len(lo)), lengths)
+    return np.arange(int(bounds[-1])) + (lo - (bounds - lengths))[rows], rows, bounds
+
+
+def _runs_in(ok: np.ndarray, bounds: np.ndarray, min_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of every run of True of min_tokens or more in ok, cut where ranges end (bounds,
+    as _spans_of gives them)."""
+    edges = np.zeros(len(ok) + 1, dtype=bool)  # where ok changes, and at every range's end
+    edges[0] = ok[0]
+    np.not_equal(ok[1:], ok[:-1], out=edges[1:-1])
+    edges[-1] = ok[-1]
+    inner = bounds[:-1]
+    edges[inner] = ok[inner] | ok[inner - 1]
+    changes = np.flatnonzero(edges)
+    # Walking the change points: a run starts at a change point that is True, and ends at the next.
+    is_start = ok[np.minimum(changes, len(ok) - 1)] & (changes < len(ok))
+    starts = changes[is_start]
+    ends = changes[np.flatnonzero(is_start) + 1]
+    long = ends - starts >= min_tokens
+    return starts[long], ends[long]
+
+
+_NO_PLACES = tuple(np.zeros(0, dtype=np.int64) for _ in range(4))
 
 
 def _distinct(runs: list[Run]) -> list[Run]:

@@ -259,8 +259,10 @@ class StoredView:
     lazily is the same whoever computes it.
     """
 
-    __slots__ = ("data", "raw", "starts", "ends", "first_line", "_kinds", "_keys")
-    # data: the stored bytes, raw: the same as uint8; starts, ends: each token's byte range (int32)
+    __slots__ = ("data", "raw", "starts", "ends", "first_line", "_kinds", "_keys", "_kinds_part", "_keys_part")
+    # data: the stored bytes, raw: the same as uint8; starts, ends: each token's byte range (int32);
+    # _kinds, _keys: those of every token once asked for; _*_part: (start, end, those of tokens
+    # [start, end)) as kinds_between and keys_between last computed them
 
     def __init__(self, data: bytes, first_line: int = 1):
         self.data = data
@@ -273,6 +275,8 @@ class StoredView:
         self.first_line = first_line
         self._kinds: np.ndarray | None = None
         self._keys: np.ndarray | None = None
+        self._kinds_part: tuple[int, int, np.ndarray] | None = None
+        self._keys_part: tuple[int, int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -281,23 +285,71 @@ class StoredView:
     def kinds(self) -> np.ndarray:
         """OTHER, NAME or LITERAL for each token (uint8)."""
         if self._kinds is None:
-            first = self.raw[self.starts]
-            kinds = np.where(first < 3, first, 0).astype(np.uint8)  # the prefix of NAME and LITERAL is their kind
-            hashed = np.flatnonzero(first == ord(_HASHED))
-            kinds[hashed] = self.raw[self.starts[hashed] + 1] - ord("0")  # then the kind digit
-            self._kinds = kinds
+            self._kinds = self._kinds_of(0, len(self))
         return self._kinds
 
     @property
     def keys(self) -> np.ndarray:
         """A hash of each token's stored form (uint64), the same wherever the token is."""
         if self._keys is None:
-            up, down = _powers(len(self.raw) + 1)
-            weighted = (self.raw.astype(np.uint64) + np.uint64(1)) * up[:-1]
-            prefix = np.concatenate((np.zeros(1, np.uint64), np.cumsum(weighted, dtype=np.uint64)))
-            starts, ends = self.starts, self.ends
-            self._keys = (prefix[ends] - prefix[starts]) * down[starts] ^ (ends - starts).astype(np.uint64)
+            self._keys = self._keys_of(0, len(self))
         return self._keys
+
+    def kinds_between(self, start: int, end: int) -> np.ndarray:
+        """``kinds[start:end]``, computed for those tokens only while the whole is not known (a check
+        reads a few hundred tokens of a chunk of thousands); what was computed is kept."""
+        if self._kinds is not None:
+            return self._kinds[start:end]
+        return self._part("_kinds_part", self._kinds_of, start, end)
+
+    def keys_between(self, start: int, end: int) -> np.ndarray:
+        """``keys[start:end]``, computed as kinds_between is."""
+        if self._keys is not None:
+            return self._keys[start:end]
+        return self._part("_keys_part", self._keys_of, start, end)
+
+    def _part(self, slot: str, compute, start: int, end: int) -> np.ndarray:
+        """compute(start, end), or a slice of what an earlier call computed; the part kept grows to
+        cover both (one tuple: a thread reading it sees the old part or the new)."""
+        low, high = start, end
+        part = getattr(self, slot)
+        if part is not None:
+            known_low, known_high, known = part
+            if known_low <= start and end <= known_high:
+                return known[start - known_low : end - known_low]
+            low, high = min(start, known_low), max(end, known_high)
+        values = compute(low, high)
+        setattr(self, slot, (low, high, values))
+        return values[start - low : end - low]
+
+    def _kinds_of(self, start: int, end: int) -> np.ndarray:
+        starts = self.starts[start:end]
+        first = self.raw[starts]
+        kinds = np.where(first < 3, first, 0).astype(np.uint8)  # the prefix of NAME and LITERAL is their kind
+        hashed = np.flatnonzero(first == ord(_HASHED))
+        kinds[hashed] = self.raw[starts[hashed] + 1] - ord("0")  # then the kind digit
+        return kinds
+
+    def _keys_of(self, start: int, end: int) -> np.ndarray:
+        """A polynomial hash of each token's bytes, over the bytes of tokens [start, end) only: the
+        sums of a range are differences of prefix sums whatever byte the prefixes start at."""
+        starts, ends = self.starts[start:end], self.ends[start:end]
+        if not len(starts):
+            return np.zeros(0, dtype=np.uint64)
+        first, last = int(starts[0]), int(ends[-1])
+        up, down = _powers(last + 1)
+        weighted = (self.raw[first:last].astype(np.uint64) + np.uint64(1)) * up[first:last]
+        prefix = np.concatenate((np.zeros(1, np.uint64), np.cumsum(weighted, dtype=np.uint64)))
+        return (prefix[ends - first] - prefix[starts - first]) * down[starts] ^ (ends - starts).astype(np.uint64)
+
+    def token_lines(self, i: int) -> tuple[int, int]:
+        """The first and last line of token i (``lines(i, i + 1)``, as ints)."""
+        at = int(self.starts[i])
+        line = self.first_line + self.data.count(b"\n", 0, at)
+        if self.data[at] != ord(_HASHED):
+            return line, line
+        token = self.data[at : int(self.ends[i])]  # "+" and the newlines it spans
+        return line, line + int(token[token.rindex(b"+") + 1 :])
 
     def lines(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """The first and last line of each of tokens [start, end) (int32)."""
@@ -315,34 +367,34 @@ class StoredView:
 
     def view(self, start: int, end: int) -> TokenView:
         """Tokens [start, end) as a TokenView (``sizes`` in characters, 0 for hashed tokens, as decode_view)."""
-        hashes: list[int] = []
-        sizes: list[int] = []
+        starts, ends = self.starts[start:end], self.ends[start:end]
+        first = self.raw[starts]
+        texts = starts + (first < 3)  # a NAME or LITERAL token's text follows its prefix
+        data = self.data
+        tokens = [data[a:b] for a, b in zip(texts.tolist(), ends.tolist())]
         cache = _BYTES_HASH_CACHE
         if len(cache) > 1_000_000:
             cache.clear()
-        data = self.data
-        for a, b in zip(self.starts[start:end].tolist(), self.ends[start:end].tolist()):
-            first = data[a]
-            if first == 3:  # hashed: the kind digit, then 16 hex digits
-                hashes.append(int(data[a + 2 : a + 18], 16))
-                sizes.append(0)
-                continue
-            token = data[a + 1 : b] if first < 3 else data[a:b]
-            h = cache.get(token)
-            if h is None:
-                h = xxhash.xxh3_64_intdigest(token)
-                if len(token) <= 24:
-                    cache[token] = h
-            hashes.append(h)
-            sizes.append(len(token) if token.isascii() else len(token.decode("utf-8", "surrogatepass")))
+        hashes = list(map(cache.get, tokens))
+        hashed = np.flatnonzero(first == ord(_HASHED)).tolist()
+        for i in hashed:  # the kind digit, then 16 hex digits
+            hashes[i] = int(tokens[i][2:18], 16)
+        for i in [i for i, h in enumerate(hashes) if h is None]:
+            token = tokens[i]
+            hashes[i] = h = xxhash.xxh3_64_intdigest(token)
+            if len(token) <= 24:
+                cache[token] = h
+        if len(starts) and int(self.raw[int(starts[0]) : int(ends[-1])].max()) < 0x80:  # ASCII: a byte a character
+            sizes = (ends - texts).astype(np.int32)
+            sizes[hashed] = 0
+        else:
+            sizes = np.array(
+                [len(token) if token.isascii() else len(token.decode("utf-8", "surrogatepass")) for token in tokens],
+                dtype=np.int32,
+            )
+            sizes[hashed] = 0
         lines, end_lines = self.lines(start, end)
-        return TokenView(
-            self.kinds[start:end],
-            np.array(hashes, dtype=np.uint64),
-            lines,
-            end_lines,
-            np.array(sizes, dtype=np.int32),
-        )
+        return TokenView(self.kinds_between(start, end), np.array(hashes, dtype=np.uint64), lines, end_lines, sizes)
 
 
 # ---------------------------------------------------------------- scanners
