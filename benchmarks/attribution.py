@@ -8,7 +8,7 @@ standard library and the sources of the packages installed in this .venv (transf
 copied from one another, torch, vendored copies such as pip/_vendor, ...), read with
 codeinstruct.data.corpus. That reader skips generated files (a marker such as "automatically
 generated" in the first 5 lines), which in such a dump are the densest near-copies (transformers'
-modeling_*.py written from modular_*.py): the benchmark puts those of site-packages back, with 5
+modeling_*.py written from modular_*.py): the benchmark puts those of every directory source back, with 5
 lines ("#") before each so that the reader keeps them (--skip-generated leaves them out; the
 counts are printed). Whole directories are drawn at random (seed) until --size-mb: about 20%
 standard library, 30% transformers, 20% torch, the rest other packages, and any shortfall from
@@ -172,32 +172,37 @@ def read_pool(sources: list[str], keep_generated: bool) -> tuple[list[Document],
     """Python documents of sources, the reader's report, and how many generated files were kept."""
     report = CorpusReport()
     docs = [d for d in iter_documents(sources, include=["*.py"], report=report) if d.language == "Python"]
-    site = sysconfig.get_paths()["purelib"]
-    if not keep_generated or site not in sources:
+    if not keep_generated:
         return docs, report, 0
-    generated = generated_documents(site, docs)
+    generated = []
+    for source in sources:
+        if os.path.isdir(source):
+            generated += generated_documents(source, docs)
     return docs + generated, report, len(generated)
 
 
-def generated_documents(site: str, docs: list[Document]) -> list[Document]:
-    """The files of site-packages that the corpus reader skips as generated (transformers'
-    modeling_*.py written from modular_*.py, ...), with 5 lines put before them so that the reader,
-    which looks for its markers in the first 5 lines, keeps them; repo and license are those of
-    the reader's documents of the same top-level package."""
+def generated_documents(root_dir: str, docs: list[Document]) -> list[Document]:
+    """The files of a directory source that the corpus reader skips as generated (transformers'
+    modeling_*.py written from modular_*.py, cloud SDKs' generated clients, ...), with 5 lines put
+    before them so that the reader, which looks for its markers in the first 5 lines, keeps them;
+    repo and license are those of the reader's documents of the same top-level package, or the
+    directory's name and no license where the reader kept none of it."""
     seen: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for d in docs:
         if "/" in d.path:
             seen[d.path.split("/", 1)[0]][(d.repo, d.license)] += 1
     owners = {top: counts.most_common(1)[0][0] for top, counts in seen.items()}
+    is_site = os.path.basename(os.path.normpath(root_dir)) == "site-packages"
+    fallback = None if is_site else (os.path.basename(os.path.normpath(root_dir)), None)
     out = []
-    for root, dirs, files in os.walk(site):
+    for root, dirs, files in os.walk(root_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__" and "." not in d)
         for name in sorted(files):
             if not name.endswith(".py"):
                 continue
             path = Path(root, name)
-            rel = path.relative_to(site).as_posix()
-            owner = owners.get(rel.split("/", 1)[0])
+            rel = path.relative_to(root_dir).as_posix()
+            owner = owners.get(rel.split("/", 1)[0]) if is_site else fallback
             if owner is None:
                 continue
             try:
@@ -723,6 +728,7 @@ def main() -> None:
             "seconds": round(build_s, 1),
             "mb_per_s": round(summary.corpus_bytes / 1e6 / build_s, 2),
             "workers": args.workers,
+            "shards": summary.shards,
             "documents": summary.documents,
             "texts": summary.texts,
             "load_average": round(os.getloadavg()[0], 1),
@@ -730,7 +736,7 @@ def main() -> None:
         t = time.perf_counter()
         index = AttributionIndex.open(index_dir)
         open_ms = (time.perf_counter() - t) * 1e3
-        index_bytes = sum(p.stat().st_size for p in index_dir.iterdir())
+        index_bytes = sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file())
         index_fraction = index_bytes / summary.corpus_bytes
 
         queries = make_queries(docs, per_kind, args.query_bytes, rng)
