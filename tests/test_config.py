@@ -6,7 +6,7 @@ from codeinstruct.errors import CodeinstructError
 
 def test_bundled_recipes_validate():
     names = sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
-    assert names == ["starcoder-gpteacher", "tiny-cpu", "tiny-pretrain-cpu"]
+    assert names == ["starcoder-gpteacher", "starcoder-gpteacher-fim", "tiny-cpu", "tiny-pretrain-cpu"]
     card = load_recipe(recipe_path("starcoder-gpteacher"))
     assert (card.model.source, card.data.max_length, card.train.epochs, card.train.lr) == (
         "bigcode/starcoder",
@@ -16,6 +16,12 @@ def test_bundled_recipes_validate():
     )
     assert (card.train.precision, card.distributed.strategy, card.distributed.gpus) == ("bf16", "fsdp", 8)
     assert load_recipe(recipe_path("tiny-cpu")).model.source.startswith("preset:")
+    # the card's recipe is reproduced as written: no FIM mix unless a recipe asks for one
+    assert card.data.fim_mix is None
+    fim = load_recipe(recipe_path("starcoder-gpteacher-fim"))
+    assert fim.data.fim_mix is not None and (fim.data.fim_mix.fraction, fim.data.fim_mix.loss) == (0.3, "middle")
+    assert fim.model_dump(exclude={"name", "data"}) == card.model_dump(exclude={"name", "data"})
+    assert fim.data.model_dump(exclude={"fim_mix"}) == card.data.model_dump(exclude={"fim_mix"})
 
 
 def test_dotted_overrides_are_typed(tmp_path):
@@ -49,5 +55,7 @@ def test_bad_yaml_names_the_line(tmp_path):
 
 
 def test_unknown_recipe_name_lists_bundled():
-    with pytest.raises(CodeinstructError, match="bundled: starcoder-gpteacher, tiny-cpu, tiny-pretrain-cpu"):
+    with pytest.raises(
+        CodeinstructError, match="bundled: starcoder-gpteacher, starcoder-gpteacher-fim, tiny-cpu, tiny-pretrain-cpu"
+    ):
         recipe_path("nope")

@@ -1,7 +1,7 @@
 """MODEL_CARD.md for a run folder: what the model is, how it was trained, how it scored.
 
 Everything in the card is read from the run folder (config.yaml, metrics.jsonl, final/config.json,
-the weights' sizes, adapter/, held_out.jsonl) and from evaluation result files
+the weights' sizes, adapter/, held_out.jsonl, fim_mix.json, fim_retention.json) and from evaluation result files
 (`codeinstruct eval score` and `eval leaderboard` JSON), so the card never states what the run
 did not record. Training writes it at the end; `codeinstruct card RUN_DIR --eval RESULTS.json`
 rewrites it with scores.
@@ -76,6 +76,57 @@ def _evaluation_lines(paths: list[Path]) -> list[str]:
 
 
 KIND_MARK = "<!-- codeinstruct run: {} -->"
+# Written into the run folder by training (what data.fim_mix added) and by
+# codeinstruct.evaluate.fim_retention.write_retention (FIM kept after fine-tuning, measured).
+FIM_MIX_FILE = "fim_mix.json"
+FIM_RETENTION_FILE = "fim_retention.json"
+
+
+def _fim_mix_line(run: Path, mix: dict) -> str:
+    """The card's line on the FIM examples mixed into fine-tuning."""
+    where = []
+    corpus = mix.get("corpus") or []
+    corpus = [corpus] if isinstance(corpus, str) else corpus
+    if corpus:
+        where.append("the corpus " + ", ".join(f"`{c}`" for c in corpus))
+    if mix.get("from_responses"):
+        where.append("the code of the training responses")
+    loss = "the middle and EOS" if mix.get("loss", "middle") == "middle" else "every token"
+    line = (
+        f"- Fill-in-the-Middle mixed in (`data.fim_mix`): examples from {' and '.join(where)}, "
+        f"FIM rate {mix.get('fim_rate')}, SPM rate {mix.get('fim_spm_rate')}, loss on {loss}"
+    )
+    added = run / FIM_MIX_FILE
+    if added.is_file():
+        r = _read_json(added)
+        line += (
+            f"; {r['examples']:,} FIM examples, {r['fraction'] * 100:.1f}% of the training tokens "
+            f"({r['target_fraction'] * 100:.1f}% of the target tokens; recipe: {mix.get('fraction')})"
+        )
+    return line
+
+
+def _retention_lines(run: Path) -> list[str]:
+    """The FIM retention section, when it was measured (fim_retention.json)."""
+    path = run / FIM_RETENTION_FILE
+    if not path.is_file():
+        return []
+    r = _read_json(path)
+    out = [
+        "## Fill-in-the-Middle retention",
+        "",
+        f"{r.get('description', 'FIM exact-match on held-out lines')}.",
+        "",
+        "| model | FIM exact-match | FIM middle loss | held-out instruction loss |",
+        "| --- | --- | --- | --- |",
+    ]
+    for m in r.get("models", []):
+        loss = m.get("instruction_loss")
+        out.append(
+            f"| {m['name']} | {m['fim_exact_match'] * 100:.1f}% ({m['fim_correct']}/{m['fim_tasks']}) | "
+            f"{m['fim_loss']:.4f} | {'' if loss is None else f'{loss:.4f}'} |"
+        )
+    return [*out, ""]
 
 
 def _recorded_kind(run: Path) -> str:
@@ -145,6 +196,8 @@ def model_card(run_dir: str | Path, evaluations: list[str | Path] = (), kind: st
         )
     if not pretraining:
         out.append("- loss on the response and EOS only (the prompt is masked)")
+        if data.get("fim_mix"):
+            out.append(_fim_mix_line(run, data["fim_mix"]))
     if metrics:
         last = metrics[-1]
         out.append(
@@ -171,6 +224,7 @@ def model_card(run_dir: str | Path, evaluations: list[str | Path] = (), kind: st
             "```",
             "",
         ]
+    out += _retention_lines(run)
     rows = _evaluation_lines([Path(p) for p in evaluations])
     out += ["## Evaluation", ""]
     if rows:

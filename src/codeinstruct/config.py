@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from codeinstruct.errors import CodeinstructError
 
@@ -42,6 +42,38 @@ class ModelSection(_Strict):
     lora: LoraSection = LoraSection()
 
 
+class FimMixSection(_Strict):
+    """Fill-in-the-Middle examples mixed into instruction fine-tuning, so the model keeps infilling."""
+
+    # Code sources read as pretraining reads them (directories, JSONL of {content, ...}, `builtin:stdlib`).
+    corpus: str | list[str] = Field(default_factory=list)
+    include: list[str] | None = None  # which files of the corpus directories (as data.include)
+    limit: int | None = Field(default=None, ge=1)  # read at most this many corpus documents
+    # Also FIM-transform the code of the training records' responses (fenced blocks; a response without
+    # a fence counts as one block when it is Python that compiles).
+    from_responses: bool = False
+    # Share of the training tokens (packed input tokens) that are FIM examples.
+    fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    # Per chunk: FIM with probability fim_rate (else plain code), SPM with probability fim_spm_rate.
+    fim_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    fim_spm_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    # middle: loss on the middle and EOS only (what the model writes at inference); all: every token.
+    loss: Literal["middle", "all"] = "middle"
+    # Corpus documents are cut at line boundaries into chunks of at most this many tokens
+    # (default: data.max_length less room for the FIM control tokens and EOS).
+    chunk_tokens: int | None = Field(default=None, ge=16)
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> FimMixSection:
+        if not self.corpus and not self.from_responses:
+            raise ValueError("needs a corpus, from_responses: true, or both")
+        return self
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.corpus] if isinstance(self.corpus, str) else list(self.corpus)
+
+
 class DataSection(_Strict):
     # finetune: a JSON/JSONL file of GPTeacher or Alpaca records, or `builtin:stdlib` (the embedded demo data).
     # pretrain: code sources (directories, JSONL of {content, repo, path, license}, `builtin:stdlib`).
@@ -56,6 +88,8 @@ class DataSection(_Strict):
     fim_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     fim_spm_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     include: list[str] | None = None
+    # finetune only: FIM examples mixed into the instruction examples (off when absent).
+    fim_mix: FimMixSection | None = None
 
 
 class TrainSection(_Strict):
@@ -128,7 +162,7 @@ def apply_override(tree: dict, assignment: str) -> None:
 def _describe(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "recipe"
-    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
     more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
     return f"{where}: {msg}{more}"
 

@@ -24,9 +24,17 @@ def demo(
             "--allow-code-execution", help="also run a few HumanEval problems written by the model, in the sandbox"
         ),
     ] = False,
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain",
+            help="also instruction-tune without the FIM mix (about a minute more) and show how much FIM it loses",
+        ),
+    ] = False,
 ):
     """The whole StarCoder path offline, in minutes on a CPU: a small GPTBigCode pretrained with FIM on the
-    local Python stdlib, instruction-tuned, then answers, a filled gap, attribution and (opt-in) HumanEval."""
+    local Python stdlib, instruction-tuned with FIM kept, then answers, a filled gap, FIM retention,
+    attribution and (opt-in) HumanEval."""
     from codeinstruct import demo as stages
     from codeinstruct.train.prepare import prepare_pretrain
 
@@ -38,8 +46,13 @@ def demo(
         data = prepare_pretrain(pretrain_recipe)
     base = train_with_progress(pretrain_recipe, data, False, "pretrain").final_dir
 
-    console.rule("[bold]2/4 instruction fine-tuning (Alpaca prompts, response-only loss, packing)")
-    result = run_finetune(stages.finetune_recipe(run_dir, base), resume=False)
+    console.rule("[bold]2/4 instruction fine-tuning (Alpaca prompts, response-only loss, packing, FIM mixed in)")
+    finetune_recipe = stages.finetune_recipe(run_dir, base)
+    result = run_finetune(finetune_recipe, resume=False)
+    models = {"base (pretrained)": base, "FIM-aware instruction model": result.final_dir}
+    if plain:
+        console.rule("[bold]2/4 b. the same fine-tuning without the FIM mix, to compare")
+        models["plain instruction model"] = run_finetune(stages.finetune_recipe(run_dir, base, False), False).final_dir
 
     console.rule("[bold]3/4 using it")
     answers = stages.answer_held_out(result.final_dir, run_dir, examples)
@@ -50,12 +63,29 @@ def demo(
         console.print(a.answer, markup=False, highlight=False)
         console.rule("reference (from the standard library)", style="dim")
         console.print(a.record.response, markup=False, highlight=False, style="dim")
-    gap = stages.fill_gap(base, answers[0].record.response) if answers else None
+    gap = stages.fill_gap(result.final_dir, answers[0].record.response) if answers else None
     if gap is not None:
         console.rule(
-            "Fill-in-the-Middle with the pretrained base (PSM): prefix | [green]middle[/] | suffix", style="bold"
+            "Fill-in-the-Middle with the instruction model (PSM): prefix | [green]middle[/] | suffix", style="bold"
         )
         console.print(escape(gap.prefix) + "[green]" + escape(gap.middle) + "[/]" + escape(gap.suffix), highlight=False)
+    with console.status(f"measuring FIM retention on {stages.FIM_TASKS} held-out lines"):
+        tasks = stages.held_out_fim_tasks(pretrain_recipe, finetune_recipe)
+        rows = stages.fim_retention(run_dir, models, tasks)
+    console.rule("Fill-in-the-Middle kept through instruction tuning", style="bold")
+    console.print(f"[dim]{stages.retention_description(len(tasks))}[/]", highlight=False)
+    for row in rows:
+        loss = "" if row.instruction_loss is None else f"   instruction loss {row.instruction_loss:.3f}"
+        console.print(
+            f"{row.name:<30} FIM exact-match {row.fim_exact_match * 100:5.1f}% ({row.fim_correct}/{row.fim_tasks})"
+            f"   FIM middle loss {row.fim_loss:.3f}" + (loss if "instruction" in row.name else ""),
+            highlight=False,
+        )
+    if not plain:
+        console.print(
+            "[dim]what plain instruction tuning (no FIM mix) does to it: `codeinstruct demo --plain` trains that "
+            "model too; benchmarks/fim_retention.py prints all three[/]"
+        )
 
     console.rule("[bold]4/4 trusting and evaluating it")
     with console.status("indexing the pretraining corpus (the local standard library) for attribution"):
@@ -92,5 +122,9 @@ def demo(
             "HumanEval: run `codeinstruct demo --allow-code-execution` (or `codeinstruct eval humaneval` then "
             "`eval score --allow-code-execution`) to execute model-written code in the sandbox"
         )
-    console.print(f"\nrun folders: {run_dir}/pretrain and {run_dir}/finetune  (metrics.jsonl, loss.png, final/)")
+    console.print(
+        f"\nrun folders: {run_dir}/pretrain and {run_dir}/finetune"
+        + (f" (and {run_dir}/finetune-plain)" if plain else "")
+        + "  (metrics.jsonl, loss.png, final/, MODEL_CARD.md with the FIM figures)"
+    )
     console.print(f'try: codeinstruct generate --model {result.final_dir} "Write a Python function that ..."')

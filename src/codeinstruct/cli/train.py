@@ -95,6 +95,19 @@ def run_finetune(recipe, resume: bool):
         + (f", {len(data.held_out)} held out" if data.held_out else "")
         + ")"
     )
+    if data.fim_mix is not None:
+        mix = data.fim_mix
+        console.print(
+            f"FIM mix: {mix.examples} FIM examples ({mix.from_corpus} from the corpus, {mix.from_responses} from "
+            f"response code) = {mix.fraction * 100:.1f}% of {mix.tokens + mix.instruction_tokens:,} training "
+            f"tokens, {mix.target_fraction * 100:.1f}% of target tokens; loss on "
+            + ("the middle + EOS" if mix.loss == "middle" else "every token")
+            + (
+                f"; the sources were drawn {mix.passes} times (a larger corpus would repeat less)"
+                if mix.passes > 1
+                else ""
+            )
+        )
     return train_with_progress(recipe, data, resume, "finetune")
 
 

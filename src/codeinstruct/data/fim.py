@@ -25,6 +25,27 @@ def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
     return text[:a], text[a:b], text[b:]
 
 
+def fim_parts(
+    text: str,
+    tokenizer,
+    rng: random.Random,
+    fim_rate: float = 0.5,
+    fim_spm_rate: float = 0.5,
+    tokens: FimTokens | None = None,
+) -> tuple[list[int], list[int]]:
+    """(context ids, middle ids) of a document: the middle is what the model writes after <fim_middle>.
+
+    A plain document (probability 1 - fim_rate) has no context: all of it is the "middle".
+    """
+    if not (0.0 <= fim_rate <= 1.0 and 0.0 <= fim_spm_rate <= 1.0):
+        raise CodeinstructError(f"fim_rate and fim_spm_rate must be in [0, 1], got {fim_rate}, {fim_spm_rate}")
+    if rng.random() >= fim_rate:
+        return [], encode_text(tokenizer, text)
+    prefix, middle, suffix = fim_split(text, rng)
+    spm = rng.random() < fim_spm_rate
+    return fim_prompt_ids(tokenizer, prefix, suffix, spm, tokens), encode_text(tokenizer, middle)
+
+
 def apply_fim(
     text: str,
     tokenizer,
@@ -34,10 +55,5 @@ def apply_fim(
     tokens: FimTokens | None = None,
 ) -> list[int]:
     """A document's training tokens: plain with probability 1 - fim_rate, else PSM or SPM."""
-    if not (0.0 <= fim_rate <= 1.0 and 0.0 <= fim_spm_rate <= 1.0):
-        raise CodeinstructError(f"fim_rate and fim_spm_rate must be in [0, 1], got {fim_rate}, {fim_spm_rate}")
-    if rng.random() >= fim_rate:
-        return encode_text(tokenizer, text)
-    prefix, middle, suffix = fim_split(text, rng)
-    spm = rng.random() < fim_spm_rate
-    return fim_prompt_ids(tokenizer, prefix, suffix, spm, tokens) + encode_text(tokenizer, middle)
+    context, middle = fim_parts(text, tokenizer, rng, fim_rate, fim_spm_rate, tokens)
+    return context + middle

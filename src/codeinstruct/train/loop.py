@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from codeinstruct.card import write_model_card
+from codeinstruct.card import FIM_MIX_FILE, write_model_card
 from codeinstruct.config import Recipe, TrainSection
 from codeinstruct.data.batches import EpochRows, epoch_steps, rank_micro_batches, steps_per_epoch
 from codeinstruct.data.sft import TokenizedExample
 from codeinstruct.devices import autocast_dtype
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.files import write_json
 from codeinstruct.modeling import context_length, load_model, save_hf_directory
 from codeinstruct.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from codeinstruct.train.distributed import Distributed, full_state_dict, init_distributed, shard_model
@@ -140,6 +141,8 @@ def _setup(recipe: Recipe, data: PreparedData, run: RunFolder, dist: Distributed
     start = _setup_resume(run, model, optimizer, scheduler, dist, fingerprint) if resume else None
     if dist.main:
         run.start(recipe, data.held_out, resumed_step=start.step if start else 0)
+        if data.fim_mix is not None:  # the card and `codeinstruct card` read what the mix added from here
+            write_json(run.path / FIM_MIX_FILE, data.fim_mix.as_dict())
     return _Setup(
         recipe,
         data,
