@@ -36,7 +36,7 @@ def test_pretrained_model_completes_the_missing_middle_in_psm_and_spm(tmp_path, 
                     "fim_spm_rate": 0.5,
                 },
                 "train": {
-                    "epochs": 600,
+                    "epochs": 1000,
                     "batch_size": 8,
                     "lr": 1e-3,
                     "warmup_ratio": 0.03,
