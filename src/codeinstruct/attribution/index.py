@@ -4,7 +4,7 @@ The files are those of ``attribution.format`` (``build`` writes them): ``IndexSh
 shard, ``AttributionIndex`` an index of one shard or several (see "Shards" below). Numbers live in
 ``.npy`` files opened with ``numpy.load(mmap_mode="r")``: opening reads the manifest and
 checksums the files, and nothing is decoded until a query needs it. Readers share nothing
-mutable but a cache of read chunks (``functools.lru_cache`` is thread-safe) and keep a zstd
+mutable but a cache of read chunks (``_ChunkCache``, behind a lock) and keep a zstd
 decompressor per thread, so one index serves concurrent requests.
 
 A check finds every span of ``min_tokens`` tokens or more that the code shares with an indexed
@@ -23,12 +23,19 @@ text (verbatim, re-laid-out or consistently renamed), however many texts hold it
    Every place of a shard is worked on at once: the tokens of each text around its places are
    read once (only the tokens needed, each chunk decompressed once) into one pool, and finding
    the stretches is a few array operations over all places, however many texts hold the code.
+   A place, then a stretch, goes on only if it can hold a span verification would report: some
+   min_tokens of it with fewer than three of the query's literals, or a range of min_tokens where
+   the text keeps at least as many of them as it changes (_may_hold; verification asks a renamed
+   span for half its literals). Generated code (thousands of files of one template under other
+   names and docstrings) fingerprints and aligns alike; this drops its files unread by alignment.
 3. Verification. Where the text holds the query's tokens as they are over one stretch of
    min_tokens and nothing around it could align but parts of lines, that identical stretch is
    the span (align.identical_run, the same for every text): a span held by thousands of files
    costs a comparison per file. Other stretches are aligned token by token (align.aligned_runs);
    the result depends only on the stretch's tokens and where it faces the query, so a stretch
    repeated by near-copies is aligned once, and ``max_verified`` bounds the distinct alignments.
+   Read chunks are kept in a cache with random eviction (``_ChunkCache``), which a query reading
+   a few more chunks than it holds does not flush as least-recently-used eviction would.
 
 Every holder is a verified span with its own lines; report.assemble groups, counts and lists them.
 
@@ -46,10 +53,10 @@ places ranked together and shards apply shard by shard.)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import mmap
 import os
+import random
 import re
 import threading
 from pathlib import Path
@@ -84,6 +91,7 @@ from codeinstruct.attribution.format import (
     file_checksum,
 )
 from codeinstruct.attribution.normalize import (
+    LITERAL,
     OTHER,
     StoredView,
     TokenView,
@@ -134,10 +142,54 @@ class _Query:
         self.hashes = kgram_hashes(self.view, k, self.prev)
         self.line_starts, self.line_ends = _line_bounds(self.view)
         self.lines, self.end_lines = self.view.lines.tolist(), self.view.end_lines.tolist()
+        self.literal_positions = np.flatnonzero(self.view.kinds == LITERAL)
         self.outcomes: dict[bytes, list[tuple[int, int, bool]]] = {}
         self.identical: dict[tuple[int, int], Run] = {}
         self.aligned = 0  # distinct stretches aligned, at most max_verified
         self.max_verified = max_verified
+
+
+class _ChunkCache:
+    """Read chunks by number, at most ``size`` of them kept; when full, a chunk chosen at random
+    makes room. A query over a fragment held by thousands of texts reads one chunk per text, in
+    the same order each time: with least-recently-used eviction a query reading a few more
+    chunks than the cache holds would evict each before it is read again and never hit, while
+    random eviction keeps about size / read of them. Thread-safe (a chunk read twice at once is
+    decoded twice; both are equal)."""
+
+    def __init__(self, read, size: int):
+        self._read = read
+        self._size = size
+        self._kept: dict[int, StoredView] = {}
+        self._order: list[int] = []  # the kept chunk numbers, for choosing one at random
+        self._lock = threading.Lock()
+        self._random = random.Random(0)
+        self.hits = self.misses = 0
+
+    def __call__(self, chunk: int) -> StoredView:
+        view = self._kept.get(chunk)
+        if view is not None:
+            self.hits += 1
+            return view
+        self.misses += 1
+        view = self._read(chunk)
+        with self._lock:
+            if chunk in self._kept:
+                return self._kept[chunk]
+            if len(self._order) < self._size:
+                self._order.append(chunk)
+            else:
+                slot = self._random.randrange(self._size)
+                del self._kept[self._order[slot]]
+                self._order[slot] = chunk
+            self._kept[chunk] = view
+        return view
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+            self._order.clear()
+            self.hits = self.misses = 0
 
 
 class IndexShard:
@@ -175,7 +227,7 @@ class IndexShard:
         self.strings = strings
         self.dictionary = dictionary
         self._local = threading.local()
-        self._chunk = functools.lru_cache(maxsize=_CACHED_CHUNKS)(self._read_chunk)
+        self._chunk = _ChunkCache(self._read_chunk, _CACHED_CHUNKS)
         self._scanners = _scanners_of(manifest)
 
     # ------------------------------------------------------------ opening
@@ -539,19 +591,10 @@ class IndexShard:
         texts, diagonals, floor, ceiling, lo, hi = (x[kept] for x in (texts, diagonals, floor, ceiling, lo, hi))
         # The tokens of each text that can face the query, in one pool; the pool index of query
         # position i of place p is at[p] + i.
-        pool_kinds, origin, distinct, pieces = self._pool(texts, floor + diagonals, ceiling + diagonals)
+        pool_kinds, origin, _, pieces = self._pool(texts, floor + diagonals, ceiling + diagonals)
         at = origin + diagonals
         query_kinds, query_keys = q.view.kinds, q.keys
-        # Most places: a k-gram of the same shape, and no more (no run of min_tokens same kinds).
-        positions, rows, bounds = _spans_of(lo, hi)
-        same_kind = pool_kinds[positions + at[rows]] == query_kinds[positions]
-        live = np.unique(rows[_runs_in(same_kind, bounds, min_tokens)[0]])
-        if not len(live):
-            return None
-        texts, diagonals, floor, ceiling, lo, hi, at = (x[live] for x in (texts, diagonals, floor, ceiling, lo, hi, at))
-        pool_keys = self._pool_keys(
-            len(pool_kinds), [piece for i in np.unique(distinct[live]).tolist() for piece in pieces[i]]
-        )
+        pool_keys = self._pool_keys(len(pool_kinds), [piece for own in pieces for piece in own])
 
         def ok(where: np.ndarray) -> np.ndarray:
             kinds = pool_kinds[at + where]
@@ -566,6 +609,13 @@ class IndexShard:
         while growing.any():
             hi = np.where(growing, np.minimum(ceiling, hi + _GROW), hi)
             growing &= ok(hi - 1) & (hi < ceiling)
+        # Only places whose window can hold a span that verification would report go on: one read
+        # over the query's literals in each window (see _may_hold). In generated code (thousands of
+        # files of one template under other names) this leaves a handful of the places.
+        hopeful = _may_hold(q, lo, hi, at, pool_keys, min_tokens)
+        if not hopeful.any():
+            return None
+        texts, diagonals, lo, hi, at = (x[hopeful] for x in (texts, diagonals, lo, hi, at))
         # The stretches: runs of min_tokens or more compatible tokens in each place's window.
         positions, rows, bounds = _spans_of(lo, hi)
         where = positions + at[rows]
@@ -589,8 +639,21 @@ class IndexShard:
         found = np.searchsorted(holder, one)  # the identical run of each stretch that has one
         same_start[one], same_end[one] = same_starts[found] + shift[one], same_ends[found] + shift[one]
         place = np.searchsorted(bounds, starts, "right")
+        # The same test over each stretch, which is narrower than its window: only these are aligned.
+        hopeful = np.flatnonzero(_may_hold(q, starts + shift, ends + shift, at[place], pool_keys, min_tokens))
+        if not len(hopeful):
+            return None
+        place, starts, ends, shift = place[hopeful], starts[hopeful], ends[hopeful], shift[hopeful]
         return _Stretches(
-            texts[place], diagonals[place], place, starts + shift, ends + shift, same_start, same_end, keys, starts
+            texts[place],
+            diagonals[place],
+            place,
+            starts + shift,
+            ends + shift,
+            same_start[hopeful],
+            same_end[hopeful],
+            keys,
+            starts,
         )
 
     def _pool(
@@ -847,6 +910,72 @@ def _line_bounds(view: TokenView) -> tuple[np.ndarray, np.ndarray]:
     ends = np.concatenate((starts[1:], [len(lines)]))
     which = np.searchsorted(starts, np.arange(len(lines)), "right") - 1
     return starts[which], ends[which]
+
+
+def _may_hold(
+    q: _Query, lo: np.ndarray, hi: np.ndarray, at: np.ndarray, pool_keys: np.ndarray, min_tokens: int
+) -> np.ndarray:
+    """Whether each window [lo, hi) of query positions (pool index at + i) can hold a span that
+    verification reports; False only where it provably cannot.
+
+    A reported span is min_tokens or more tokens inside the window. A verbatim span keeps every
+    literal, and a renamed one with three or more literals keeps at least half of them
+    (align._copied). So the window must have min_tokens or more tokens holding fewer than three
+    of the query's literals, or a range of min_tokens or more where kept literals are at least
+    as many as changed ones (kept: the text has the same literal facing it; tokens equal as text
+    have equal keys, so this never counts fewer kept than verification does). Both are read
+    over the query's literals only: a range holding literals j..k reaches from literal j - 1 to
+    literal k + 1 (the window's ends standing in beyond its first and last)."""
+    literals = q.literal_positions
+    first = np.searchsorted(literals, lo)
+    count = np.searchsorted(literals, hi) - first
+    hopeful = count < 3  # the whole window (min_tokens or more) holds fewer than three
+    rows = np.flatnonzero(~hopeful)
+    if not len(rows):
+        return hopeful
+    # Each row's literal positions with its ends: E_0 = lo - 1, E_1..E_L, E_L+1 = hi.
+    n = count[rows]
+    positions, which, bounds = _spans_of(first[rows] - 1, first[rows] + n + 1)
+    edges = literals[np.clip(positions, 0, len(literals) - 1)]
+    row_starts = bounds - (n + 2)
+    edges[row_starts] = lo[rows] - 1
+    edges[bounds - 1] = hi[rows]
+    # Fewer than three literals: between E_j and E_j+3.
+    same_row = which[3:] == which[:-3]
+    widest = np.zeros(len(rows), dtype=np.int64)
+    np.maximum.at(widest, which[:-3][same_row], (edges[3:] - edges[:-3] - 1)[same_row])
+    wide = widest >= min_tokens
+    hopeful[rows[wide]] = True
+    keep = ~wide
+    if not keep.any():
+        return hopeful
+    rows, n, edges_of = rows[keep], n[keep], np.repeat(keep, n + 2)
+    edges, which = edges[edges_of], np.repeat(np.arange(len(rows)), n + 2)
+    bounds = np.cumsum(n + 2)
+    row_starts = bounds - (n + 2)
+    # +1 for a kept literal, -1 for a changed one; P_i = their sum over literals 1..i (P_0 = 0).
+    inner = np.ones(len(edges), dtype=bool)
+    inner[row_starts] = inner[bounds - 1] = False
+    where = edges[inner]
+    kept = pool_keys[at[rows][which[inner]] + where] == q.keys[where]
+    value = np.zeros(len(edges), dtype=np.int64)
+    value[inner] = np.where(kept, 1, -1)
+    prefix = np.cumsum(value)
+    prefix -= np.repeat(prefix[row_starts], n + 2)  # P_i at row index i (and P_L again at L + 1)
+    # Range over literals i+1..k (0 <= i < k <= L) holds min_tokens when E_k+1 - E_i - 1 >= min_tokens,
+    # i.e. i <= B(k); it has kept >= changed when P_i <= P_k. So: min(P_0..P_min(k-1, B(k))) <= P_k.
+    span = np.int64(len(q.view) + 3)
+    shifted = edges + which * span  # increasing over all rows
+    big = np.int64(2 * int(n.max()) + 3)
+    running_min = np.minimum.accumulate(prefix - which * big) + which * big
+    index = np.arange(len(edges))
+    k = index[inner]  # each literal k of each row, as an index in the arrays
+    limit = np.searchsorted(shifted, shifted[k + 1] - 1 - min_tokens, "right") - 1
+    limit = np.minimum(limit, k - 1)
+    valid = limit >= row_starts[which[k]]
+    ok = valid & (running_min[np.maximum(limit, 0)] <= prefix[k])
+    hopeful[rows[np.unique(which[k][ok])]] = True
+    return hopeful
 
 
 def _spans_of(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
