@@ -128,6 +128,7 @@ class _Stretches(NamedTuple):
     same_ends: np.ndarray
     keys: np.ndarray  # the texts' token keys, of every stretch end to end
     key_starts: np.ndarray  # where its keys start in keys
+    identical: np.ndarray  # how many of its tokens the text holds as the query has them
 
 
 class _Query:
@@ -485,7 +486,7 @@ class IndexShard:
         found = self._stretches(q, *self._clusters(q.hashes, min_tokens), min_tokens)
         if found is None:
             return []
-        texts, diagonals, places, starts, ends, same_starts, same_ends, keys, key_starts = found
+        texts, diagonals, places, starts, ends, same_starts, same_ends, keys, key_starts, identical_tokens = found
         # Another place on the same stretch: the stretch is taken once, where first reached.
         order = np.lexsort((ends, starts, diagonals, texts))  # stable: the first of equals first
         repeated = np.zeros(len(starts), dtype=bool)
@@ -512,11 +513,14 @@ class IndexShard:
                 run = identical[(v_start, v_end)] = identical_run(query, query_prev, v_start, v_end, min_tokens)
             chosen = same & (same_starts == v_start) & (same_ends == v_end)
             run_starts[chosen], run_ends[chosen] = run.q_start, run.q_end
-        # Otherwise align, in order (max_verified bounds the distinct alignments). The result depends
-        # only on the stretch's tokens and where it faces the query, so near-copies that repeat
-        # one stretch are aligned once.
+        # Otherwise align (max_verified bounds the distinct alignments), most tokens held as they are
+        # first: a renamed copy keeps its source's literals and the names it did not rename, which
+        # near-copies of the source under other names do not. The result depends only on the
+        # stretch's tokens and where it faces the query, so near-copies that repeat one stretch are
+        # aligned once.
         aligned: dict[int, list[Run]] = {}
-        for i in np.flatnonzero(~same & ~repeated).tolist():
+        pending = np.flatnonzero(~same & ~repeated)
+        for i in pending[np.argsort(-identical_tokens[pending], kind="stable")].tolist():
             a, b, text, diagonal = int(starts[i]), int(ends[i]), int(texts[i]), int(diagonals[i])
             at = int(key_starts[i])
             key = (a, b, keys[at : at + b - a].tobytes())
@@ -639,6 +643,8 @@ class IndexShard:
         found = np.searchsorted(holder, one)  # the identical run of each stretch that has one
         same_start[one], same_end[one] = same_starts[found] + shift[one], same_ends[found] + shift[one]
         place = np.searchsorted(bounds, starts, "right")
+        same_before = np.concatenate(([0], np.cumsum(same_key)))
+        identical = same_before[ends] - same_before[starts]
         # The same test over each stretch, which is narrower than its window: only these are aligned.
         hopeful = np.flatnonzero(_may_hold(q, starts + shift, ends + shift, at[place], pool_keys, min_tokens))
         if not len(hopeful):
@@ -654,6 +660,7 @@ class IndexShard:
             same_end[hopeful],
             keys,
             starts,
+            identical[hopeful],
         )
 
     def _pool(
