@@ -192,6 +192,48 @@ def test_background_loop_serves_threads(model, tokenizer):
     assert results == expected
 
 
+def test_loop_on_the_calling_thread_serves_other_threads_and_stops_when_asked(model, tokenizer):
+    # What a server does: the engine steps on the thread that loaded the model (`run`), HTTP threads
+    # submit requests and score prompts (echo with logprobs), and the loop ends when they are done.
+    params = SamplingParams(max_new_tokens=25, ignore_eos=True)
+    expected = ids_of(Engine(model, tokenizer).generate(PROMPTS, params))
+    engine = Engine(model, tokenizer, max_batch_size=2)
+    ids = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    direct = engine.prompt_logits(ids)
+    results, scored, runner = [None] * len(PROMPTS), [], []
+
+    def clients():
+        def ask(i):
+            results[i] = engine.submit(PROMPTS[i], params).result().choices[0].token_ids
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
+        for t in threads:
+            t.start()
+        scored.append(engine.prompt_logits(ids))
+        for t in threads:
+            t.join(timeout=60)
+
+    http = threading.Thread(target=clients)
+    original = engine.step
+
+    def step():
+        runner.append(threading.current_thread())
+        return original()
+
+    engine.step = step
+    engine.run(until=lambda: not http.is_alive(), on_start=http.start)
+    http.join()
+    assert results == expected
+    assert torch.equal(scored[0], direct)
+    assert set(runner) == {threading.current_thread()}  # every step on this thread
+    assert not engine.running_in_background
+    engine.start()  # and the engine can still run in the background afterwards
+    try:
+        assert ids_of([engine.submit(PROMPTS[1], params).result()]) == expected[1:2]
+    finally:
+        engine.stop()
+
+
 def test_generation_stops_at_the_context_end(tokenizer):
     from transformers import AutoModelForCausalLM
 

@@ -21,6 +21,9 @@ import itertools
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +76,7 @@ class Engine:
         tokenizer,
         *,
         max_batch_size: int = 16,
-        max_tokens_per_step: int = 512,
+        max_tokens_per_step: int = 256,
         max_seq_len: int | None = None,
         weights: str = "dense",
         prefix_slots: int = 4,
@@ -106,6 +109,7 @@ class Engine:
         self._running: list[Sequence] = []  # decoding, in slot order as far as possible
         self._free_slots = list(range(max_batch_size))
         self._thread: threading.Thread | None = None
+        self._calls: deque[tuple[Callable[[], object], Future]] = deque()  # for the loop's thread to run
         self._stopping = False
         self._cancel_pending = False
         self.steps = 0
@@ -156,7 +160,9 @@ class Engine:
         return [h.result() for h in handles]
 
     def start(self) -> None:
-        """Run steps on a background thread (for servers); requests then stream without driving it."""
+        """Run steps on a background thread (for servers); requests then stream without driving it.
+
+        On the CPU, `run()` on the thread that loaded the model is faster (see there)."""
         with self._lock:
             if self.running_in_background:
                 return
@@ -164,13 +170,46 @@ class Engine:
             self._thread = threading.Thread(target=self._loop, name="codeinstruct-engine", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def run(self, until: Callable[[], bool] | None = None, on_start: Callable[[], object] | None = None) -> None:
+        """Run steps on the calling thread until `halt()` (from another thread) or, when given, until `until()`
+        is true (asked at least every half second); meanwhile requests stream as with `start()`, and `start()`
+        does nothing. `on_start` is called once the engine counts as running, before the first step (a server
+        starts its HTTP thread there, so that nothing starts a background loop beside this one).
+
+        Why a server runs the engine on its main thread: torch's CPU operators run on an OpenMP team per
+        calling thread, and a process whose main thread loaded the model keeps that team. A second thread
+        stepping the engine gets a second team, and with more OpenMP threads than cores, GNU OpenMP puts
+        idle workers to sleep almost at once, so every operator (~240 per decode step) waits for a wake-up:
+        decoding from a background thread was 20-25% slower here. Run where the model was loaded, the
+        engine keeps the one team."""
+        with self._lock:
+            if self.running_in_background:
+                raise CodeinstructError("the engine is already running")
+            self._stopping = False
+            self._thread = threading.current_thread()
+        try:
+            if on_start is not None:
+                on_start()
+            self._loop(until)
+        finally:
+            with self._lock:
+                self._thread = None
+
+    def halt(self) -> None:
+        """Ask the loop (`start()`'s or `run()`'s) to return after the current step, without waiting."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+
+    def stop(self) -> None:
+        """Stop the background loop and wait for it (after `start()`; `halt()` for `run()`)."""
+        self.halt()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            if self._thread is thread:
+                self._thread = None
 
     def cancel(self, handle: RequestHandle) -> None:
         """Stop `handle`'s request; its slots are freed at the next step."""
@@ -198,10 +237,37 @@ class Engine:
             }
 
     def prompt_logits(self, ids: list[int], adapter: str | None = None) -> torch.Tensor:
-        """The model's logits at every position of `ids` [L, V], through its own forward (echo with logprobs)."""
-        with self._lock, torch.inference_mode():
-            model = self.model if adapter is None else self.runner.adapter_model(adapter)
-            return model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
+        """The model's logits at every position of `ids` [L, V], through its own forward (echo with logprobs).
+        While a loop runs, on the loop's thread (between steps), so that one thread runs the model (see `run`)."""
+
+        def forward() -> torch.Tensor:
+            with self._lock, torch.inference_mode():
+                model = self.model if adapter is None else self.runner.adapter_model(adapter)
+                return model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
+
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return forward()
+        done: Future = Future()
+        with self._cond:
+            self._calls.append((forward, done))
+            self._cond.notify_all()
+        while True:
+            try:
+                return done.result(timeout=0.5)
+            except FutureTimeout:
+                if self._thread is None and done.cancel():  # the loop ended before taking it
+                    return forward()
+
+    def _run_calls(self) -> None:
+        """Work other threads handed to the loop's thread (prompt_logits)."""
+        while self._calls:
+            call, done = self._calls.popleft()
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(call())
+                except BaseException as e:
+                    done.set_exception(e)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -209,13 +275,18 @@ class Engine:
         with self._cond:
             self._cond.notify_all()
 
-    def _loop(self) -> None:
+    def _loop(self, until: Callable[[], bool] | None = None) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not (self._waiting or self._prefilling or self._running):
-                    self._cond.wait()
-                if self._stopping:
+                while not (self._stopping or self._calls or self._waiting or self._prefilling or self._running):
+                    if until is not None and until():
+                        self._stopping = True
+                        break
+                    self._cond.wait(None if until is None else 0.5)
+                if self._stopping or (until is not None and until()):
+                    self._run_calls()
                     return
+            self._run_calls()
             try:
                 self.step()  # a failed step fails its requests (their streams raise), not the loop
             except Exception:
@@ -239,7 +310,11 @@ class Engine:
         with self._lock:
             try:
                 self._drop_cancelled()
-                prefilled = self._prefill(self.max_tokens_per_step - len(self._running))
+                # decoding rows first; prompts get the rest of the step's tokens, and at least a quarter of them
+                # (so that a batch as large as the budget does not keep waiting prompts out)
+                prefilled = self._prefill(
+                    max(self.max_tokens_per_step - len(self._running), self.max_tokens_per_step // 4)
+                )
                 decoding = list(self._running)
                 if decoding:
                     self._decode(decoding)

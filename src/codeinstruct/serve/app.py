@@ -16,7 +16,9 @@ or another OpenAI-compatible server; both add attribution when an index is loade
 from __future__ import annotations
 
 import secrets
+import signal
 import socket
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -298,7 +300,33 @@ def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
 
 
 def run_server(app: FastAPI, sock: socket.socket) -> None:
-    """Serve on `sock` until interrupted (Ctrl-C, SIGTERM); uvicorn logs requests to stderr."""
+    """Serve on `sock` until interrupted (Ctrl-C, SIGTERM); uvicorn logs requests to stderr.
+
+    With a model, the engine steps on this (the main) thread, where the model was loaded, and uvicorn
+    serves from a second one (`Engine.run` says why: 20-25% more decode throughput on the CPU)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+    engine = getattr(app.state.backend, "engine", None)
+    if engine is None or threading.current_thread() is not threading.main_thread():
+        server.run(sockets=[sock])
+        return
+
+    def serve() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            engine.halt()  # the HTTP side is done (shut down, or failed to start): so is the engine
+
+    def shut_down(signum, frame) -> None:
+        server.should_exit = True  # uvicorn's graceful shutdown; the engine steps until it is over
+
+    previous = {s: signal.signal(s, shut_down) for s in (signal.SIGINT, signal.SIGTERM)}
+    http = threading.Thread(target=serve, name="codeinstruct-http")
+    try:
+        engine.run(until=lambda: not http.is_alive(), on_start=http.start)
+        if http.ident is not None:
+            http.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
