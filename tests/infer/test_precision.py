@@ -89,3 +89,25 @@ def test_generate_command_takes_dtype(cli, fp32_dir):
     assert code == 0 and out.endswith("\n")
     code, _, err = cli("generate", "Write hello world.", "--model", fp32_dir, "--dtype", "fp8")
     assert code != 0 and "fp8" in err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_matrices_agree_with_f_linear_and_rows_do_not_depend_on_the_batch(dtype):
+    from codeinstruct.infer.runners import _OneDNN
+
+    if not _OneDNN.usable(torch.zeros(1, dtype=dtype)):
+        pytest.skip("oneDNN does not run this dtype here")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(96, 64).to(dtype), torch.randn(96).to(dtype)
+    x = torch.randn(33, 64).to(dtype)
+    reference = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+    tolerance = 1e-4 if dtype == torch.float32 else 0.25
+    for pack in (True, False):
+        layer = _OneDNN(weight, bias, pack=pack, batch=8)
+        out = layer(x)
+        assert out.dtype == dtype
+        assert (out.double() - reference).abs().max() < tolerance
+    packed = _OneDNN(weight, bias, pack=True, batch=8)
+    whole = packed(x)
+    for rows in (1, 2, 5, 8, 16):  # a row's result is the same whatever the batch beside it
+        assert torch.equal(packed(x[:rows]), whole[:rows])
