@@ -91,6 +91,10 @@ class _OneDNN:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
+    def with_gelu(self, x: torch.Tensor, approximate: str) -> torch.Tensor:
+        """gelu(self(x)) in one pass: the activation applied as the product is written ("tanh" or "none")."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu", [], approximate)
+
     @staticmethod
     def usable(weight: torch.Tensor) -> bool:
         """Whether oneDNN runs this weight's dtype here, and agrees with `F.linear` on a small product."""
@@ -183,6 +187,14 @@ class GPTBigCodeRunner:
         self.act = ACT2FN[cfg.activation_function]
         if cfg.activation_function == "gelu_pytorch_tanh":  # the same kernel, without a module call per layer
             self.act = lambda x: F.gelu(x, approximate="tanh")
+        # the MLP's first product and its activation: one oneDNN call where it can apply the GELU itself
+        gelu = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(cfg.activation_function)
+        self.fc_act = [
+            (lambda h, fc=blk[4]: fc.with_gelu(h, gelu))
+            if gelu is not None and isinstance(blk[4], _OneDNN)
+            else (lambda h, fc=blk[4]: self.act(fc(h)))
+            for blk in self.blocks
+        ]
         self.embed, self.heads = cfg.n_embd, cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.multi_query = bool(cfg.multi_query)
@@ -210,11 +222,11 @@ class GPTBigCodeRunner:
         x = qkv.view(n, self.heads, 3 * d)
         return x[..., :d], x[..., d : 2 * d], x[..., 2 * d :]
 
-    def _mlp_and_residual(self, x, attn, blk):
-        _, _, proj, ln2, fc, fc_proj = blk
+    def _mlp_and_residual(self, x, attn, i):
+        _, _, proj, ln2, _, fc_proj = self.blocks[i]
         x = x + proj(attn)
         h = F.layer_norm(x, (self.embed,), ln2[0], ln2[1], ln2[2])
-        return x + fc_proj(self.act(fc(h)))
+        return x + fc_proj(self.fc_act[i](h))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x, (self.embed,), *self.ln_f[:2], self.ln_f[2])
@@ -245,7 +257,7 @@ class GPTBigCodeRunner:
                 scale=self.scale,
                 enable_gqa=self.kv_heads != self.heads,
             )
-            x = self._mlp_and_residual(x, out[0].transpose(0, 1).reshape(n, self.embed), blk)
+            x = self._mlp_and_residual(x, out[0].transpose(0, 1).reshape(n, self.embed), i)
         return self._logits(x[-1:])[0]
 
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
@@ -291,7 +303,7 @@ class GPTBigCodeRunner:
             out = F.scaled_dot_product_attention(
                 q.reshape(b, self.kv_heads, g, d), keys, values, attn_mask=mask, scale=self.scale
             )
-            x = self._mlp_and_residual(x, out.reshape(b, self.embed), blk)
+            x = self._mlp_and_residual(x, out.reshape(b, self.embed), i)
         return self._logits(x)
 
     def copy(self, src: int, dst: int, length: int) -> None:
