@@ -595,10 +595,20 @@ class IndexShard:
         texts, diagonals, floor, ceiling, lo, hi = (x[kept] for x in (texts, diagonals, floor, ceiling, lo, hi))
         # The tokens of each text that can face the query, in one pool; the pool index of query
         # position i of place p is at[p] + i.
-        pool_kinds, origin, _, pieces = self._pool(texts, floor + diagonals, ceiling + diagonals)
+        pool_kinds, origin, distinct, pieces = self._pool(texts, floor + diagonals, ceiling + diagonals)
         at = origin + diagonals
         query_kinds, query_keys = q.view.kinds, q.keys
-        pool_keys = self._pool_keys(len(pool_kinds), [piece for own in pieces for piece in own])
+        # Most places: a k-gram of the same shape, and no more (no run of min_tokens same kinds), seen
+        # from the kinds alone, before any key is read.
+        positions, rows, bounds = _spans_of(lo, hi)
+        same_kind = pool_kinds[positions + at[rows]] == query_kinds[positions]
+        live = np.unique(rows[_runs_in(same_kind, bounds, min_tokens)[0]])
+        if not len(live):
+            return None
+        texts, diagonals, floor, ceiling, lo, hi, at = (x[live] for x in (texts, diagonals, floor, ceiling, lo, hi, at))
+        pool_keys = self._pool_keys(
+            len(pool_kinds), [piece for i in np.unique(distinct[live]).tolist() for piece in pieces[i]]
+        )
 
         def ok(where: np.ndarray) -> np.ndarray:
             kinds = pool_kinds[at + where]
