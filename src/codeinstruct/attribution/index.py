@@ -165,14 +165,11 @@ class _ChunkCache:
         self._order: list[int] = []  # the kept chunk numbers, for choosing one at random
         self._lock = threading.Lock()
         self._random = random.Random(0)
-        self.hits = self.misses = 0
 
     def __call__(self, chunk: int) -> StoredView:
         view = self._kept.get(chunk)
         if view is not None:
-            self.hits += 1
             return view
-        self.misses += 1
         view = self._read(chunk)
         with self._lock:
             if chunk in self._kept:
@@ -190,7 +187,6 @@ class _ChunkCache:
         with self._lock:
             self._kept.clear()
             self._order.clear()
-            self.hits = self.misses = 0
 
 
 class IndexShard:
@@ -653,13 +649,12 @@ class IndexShard:
         found = np.searchsorted(holder, one)  # the identical run of each stretch that has one
         same_start[one], same_end[one] = same_starts[found] + shift[one], same_ends[found] + shift[one]
         place = np.searchsorted(bounds, starts, "right")
-        same_before = np.concatenate(([0], np.cumsum(same_key)))
-        identical = same_before[ends] - same_before[starts]
         # The same test over each stretch, which is narrower than its window: only these are aligned.
         hopeful = np.flatnonzero(_may_hold(q, starts + shift, ends + shift, at[place], pool_keys, min_tokens))
         if not len(hopeful):
             return None
         place, starts, ends, shift = place[hopeful], starts[hopeful], ends[hopeful], shift[hopeful]
+        same_before = np.concatenate(([0], np.cumsum(same_key)))
         return _Stretches(
             texts[place],
             diagonals[place],
@@ -670,7 +665,7 @@ class IndexShard:
             same_end[hopeful],
             keys,
             starts,
-            identical[hopeful],
+            same_before[ends] - same_before[starts],  # identical tokens in each
         )
 
     def _pool(

@@ -100,9 +100,14 @@ def eval_humaneval(
         endpoint=_endpoint(endpoint, api_key, served_model, concurrency, request_timeout),
         dtype=dtype,
     )
+    _write_samples(generate_samples, config, out, f"{mode} samples x{n}")
+
+
+def _write_samples(generate, config, out: Path, label: str) -> None:
+    """Run a samples generator (humaneval's or infill's) with a progress bar, then say where they went."""
     with _eval_progress() as progress:
-        task = progress.add_task(f"{mode} samples x{n}", total=None)
-        report = generate_samples(
+        task = progress.add_task(label, total=None)
+        report = generate(
             config, out, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
         )
     console.print(f"{report.samples} samples for {report.problems} problems written to {out}")
@@ -160,13 +165,7 @@ def eval_infill(
         limit=limit,
         endpoint=_endpoint(endpoint, api_key, served_model, concurrency, request_timeout, fim_format),
     )
-    with _eval_progress() as progress:
-        task = progress.add_task(f"{'SPM' if spm else 'PSM'} middles x{n}", total=None)
-        report = generate_infill_samples(
-            config, out, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
-        )
-    console.print(f"{report.samples} samples for {report.problems} problems written to {out}")
-    console.print(f"score them with: codeinstruct eval score {out} --allow-code-execution", highlight=False)
+    _write_samples(generate_infill_samples, config, out, f"{'SPM' if spm else 'PSM'} middles x{n}")
 
 
 @eval_app.command("score")
