@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from codeinstruct.attribution.align import aligned_runs
+import random
+import re
+
+from codeinstruct.attribution.align import aligned_runs, is_varied
 from codeinstruct.attribution.fingerprint import previous_same
 from codeinstruct.attribution.normalize import scanner_for, view_of
 
@@ -73,3 +76,50 @@ def test_run_stops_at_the_end_of_the_copy():
     q, [run] = runs(query, source)
     assert run.verbatim
     assert q.lines[run.q_end - 1] == 16
+
+
+SETTINGS = """class Settings:
+    vocab_size: int = 128000
+    hidden_size: int = 4096
+    intermediate_size: int | None = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = 8
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 8192
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-05
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int = 1
+    eos_token_id: int | list[int] = 2
+    tie_word_embeddings: bool = False
+    rope_theta: float = 500000.0
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+    head_dim: int | None = 128
+"""
+
+
+def test_a_long_renamed_table_is_reported_whole_where_its_parts_are_varied():
+    # A settings table copied under other names: every 40 tokens of it hold several line shapes,
+    # but the whole repeats them too often to be varied as a whole. A near-copy holding only part
+    # of it would be reported, so the copy of all of it must be (with all its lines).
+    table = SETTINGS + "".join(f"    size_{i}: int = {1000 + 37 * i}\n" for i in range(30))
+    renamed = table
+    for i, name in enumerate(re.findall(r"^    (\w+):", table, re.M)):
+        renamed = re.sub(rf"^    {name}:", f"    field_{i}:", renamed, flags=re.M)
+    q, found = runs(renamed, table, min_tokens=40)
+    assert [(r.q_start, r.q_end, r.verbatim) for r in found] == [(0, len(q), False)]
+    assert not is_varied(q, 0, len(q)) and is_varied(q, 0, len(q), 40)
+
+
+def test_a_range_is_varied_where_any_of_its_windows_is():
+    q = view_of(PY.scan(SETTINGS + "".join(f"    x_{i}: int = {i}\n" for i in range(60))))
+    rng = random.Random(0)
+    for _ in range(200):
+        a = rng.randrange(0, len(q) - 45)
+        b = min(len(q), a + rng.randrange(40, 300))
+        windows = any(is_varied(q, s, s + 40) for s in range(a, b - 39))
+        assert is_varied(q, a, b, 40) == (is_varied(q, a, b) or windows)

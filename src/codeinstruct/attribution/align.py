@@ -25,7 +25,10 @@ assigning ``self.x = x`` for ten fields, a table of numbers), which unrelated fi
 construction, nor when most of its values differ (the same test shape over other data). So a
 renamed span is reported when it keeps at least half of its literals (if it has three or
 more), and it is varied (many distinct token shapes) or keeps at least 64 characters of
-literals unchanged (the same docstrings, table entries).
+literals unchanged (the same docstrings, table entries). A run is varied when it is as a whole or
+some range of min_tokens of it is: so a run is reported wherever a shorter run inside it would
+be (a table of settings copied under other names, whose every 50 tokens are varied while the
+whole repeats one line shape, is reported as a whole, not only where a near-copy cuts it short).
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ class Run:
         return self.q_end - self.q_start
 
 
-def is_varied(view: TokenView, start: int, end: int) -> bool:
-    """Whether a span is more than one statement shape repeated (see the module docstring)."""
+def is_varied(view: TokenView, start: int, end: int, window: int | None = None) -> bool:
+    """Whether a span is more than one statement shape repeated (see the module docstring): as a
+    whole, or (with ``window``) in some range of ``window`` tokens of it, so that a longer run
+    holding a varied part is varied too."""
     n = end - start
     if n < _SHAPE:
         return False
@@ -71,7 +76,27 @@ def is_varied(view: TokenView, start: int, end: int) -> bool:
     grams = codes[: n - _SHAPE + 1].copy()
     for j in range(1, _SHAPE):
         grams = grams * np.uint64(0x100000001B3) ^ codes[j : n - _SHAPE + 1 + j]
-    return len(np.unique(grams)) >= _MIN_VARIETY * len(grams)
+    if len(np.unique(grams)) >= _MIN_VARIETY * len(grams):
+        return True
+    if window is None or not _SHAPE <= window < n:
+        return False
+    # Distinct grams of each range of window tokens (window - _SHAPE + 1 grams, from s): gram j
+    # counts for the ranges starting after its previous equal gram and holding it.
+    count = len(grams)
+    previous = np.full(count, -1, dtype=np.int64)
+    order = np.lexsort((np.arange(count), grams))
+    same = grams[order[1:]] == grams[order[:-1]]
+    previous[order[1:][same]] = order[:-1][same]
+    per = window - _SHAPE + 1
+    ranges = n - window + 1
+    j = np.arange(count)
+    first = np.maximum(previous + 1, j - per + 1)
+    last = np.minimum(j, ranges - 1)
+    counted = first <= last
+    delta = np.zeros(ranges + 1, dtype=np.int64)
+    np.add.at(delta, first[counted], 1)
+    np.add.at(delta, last[counted] + 1, -1)
+    return bool((np.cumsum(delta[:-1]) >= _MIN_VARIETY * per).any())
 
 
 def aligned_runs(
@@ -119,7 +144,7 @@ def aligned_runs(
     out = []
     for run in runs:
         run = _trimmed(run, query, query_prev, following, same_text, q_lo, min_tokens)
-        if run.verbatim or _copied(query, run, same_text[run.q_start - q_lo : run.q_end - q_lo]):
+        if run.verbatim or _copied(query, run, same_text[run.q_start - q_lo : run.q_end - q_lo], min_tokens):
             out.append(run)
     for a, b in identical:
         run = _trimmed(_run(a, b, q_lo, diagonal, same_text), query, query_prev, following, same_text, q_lo, min_tokens)
@@ -136,7 +161,7 @@ def identical_run(query: TokenView, query_prev: np.ndarray, start: int, end: int
     return _trimmed(run, query, query_prev, _next_same(query_prev), same_text, start, min_tokens)
 
 
-def _copied(query: TokenView, run: Run, same_text: np.ndarray) -> bool:
+def _copied(query: TokenView, run: Run, same_text: np.ndarray, min_tokens: int) -> bool:
     """Whether a renamed run carries evidence of copying (see the module docstring)."""
     literals = query.kinds[run.q_start : run.q_end] == LITERAL
     kept = literals & same_text
@@ -144,7 +169,7 @@ def _copied(query: TokenView, run: Run, same_text: np.ndarray) -> bool:
         return False  # most values differ: the same code shape with other data, not a copy
     if int(query.sizes[run.q_start : run.q_end][kept].sum()) >= _MIN_KEPT_LITERAL_CHARS:
         return True
-    return is_varied(query, run.q_start, run.q_end)
+    return is_varied(query, run.q_start, run.q_end, min_tokens)
 
 
 def _next_same(prev: np.ndarray) -> np.ndarray:

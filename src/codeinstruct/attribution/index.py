@@ -23,7 +23,8 @@ text (verbatim, re-laid-out or consistently renamed), however many texts hold it
    Every place of a shard is worked on at once: the tokens of each text around its places are
    read once (only the tokens needed, each chunk decompressed once) into one pool, and finding
    the stretches is a few array operations over all places, however many texts hold the code.
-   A place, then a stretch, goes on only if it can hold a span verification would report: some
+   Each place is first cut to its runs of the query's kinds (no key read): a stretch lies in one.
+   A run, then a stretch, goes on only if it can hold a span verification would report: some
    min_tokens of it with fewer than three of the query's literals, or a range of min_tokens where
    the text keeps at least as many of them as it changes (_may_hold; verification asks a renamed
    span for half its literals). Generated code (thousands of files of one template under other
@@ -594,39 +595,44 @@ class IndexShard:
         pool_kinds, origin, distinct, pieces = self._pool(texts, floor + diagonals, ceiling + diagonals)
         at = origin + diagonals
         query_kinds, query_keys = q.view.kinds, q.keys
-        # Most places: a k-gram of the same shape, and no more (no run of min_tokens same kinds), seen
-        # from the kinds alone, before any key is read.
+        # A stretch lies in a run of min_tokens or more tokens of the query's kinds, seen from the
+        # kinds alone before any key is read: most places have none (a k-gram of the same shape,
+        # and no more). Each run is then worked on instead of its place's window, which is wider.
         positions, rows, bounds = _spans_of(lo, hi)
         same_kind = pool_kinds[positions + at[rows]] == query_kinds[positions]
-        live = np.unique(rows[_runs_in(same_kind, bounds, min_tokens)[0]])
-        if not len(live):
+        run_starts, run_ends = _runs_in(same_kind, bounds, min_tokens)
+        if not len(run_starts):
             return None
-        texts, diagonals, floor, ceiling, lo, hi, at = (x[live] for x in (texts, diagonals, floor, ceiling, lo, hi, at))
+        place = rows[run_starts]
+        shift = positions[run_starts] - run_starts
+        run_lo, run_hi = run_starts + shift, run_ends + shift
+        texts, diagonals, floor, ceiling, at = (x[place] for x in (texts, diagonals, floor, ceiling, at))
+
+        def same(where: np.ndarray) -> np.ndarray:
+            return pool_kinds[at + where] == query_kinds[where]
+
+        # Grow each run that reaches its window's end while the kinds go on (ends independently).
+        growing = (run_lo == lo[place]) & (run_lo > floor)
+        while growing.any():
+            run_lo = np.where(growing, np.maximum(floor, run_lo - _GROW), run_lo)
+            growing &= same(run_lo) & (run_lo > floor)
+        growing = (run_hi == hi[place]) & (run_hi < ceiling)
+        while growing.any():
+            run_hi = np.where(growing, np.minimum(ceiling, run_hi + _GROW), run_hi)
+            growing &= same(run_hi - 1) & (run_hi < ceiling)
+        lo, hi = run_lo, run_hi
         pool_keys = self._pool_keys(
-            len(pool_kinds), [piece for i in np.unique(distinct[live]).tolist() for piece in pieces[i]]
+            len(pool_kinds), [piece for i in np.unique(distinct[place]).tolist() for piece in pieces[i]]
         )
-
-        def ok(where: np.ndarray) -> np.ndarray:
-            kinds = pool_kinds[at + where]
-            return (kinds == query_kinds[where]) & ((kinds != OTHER) | (pool_keys[at + where] == query_keys[where]))
-
-        # Grow each end while the stretch reaches it (ends grow independently).
-        growing = ok(lo) & (lo > floor)
-        while growing.any():
-            lo = np.where(growing, np.maximum(floor, lo - _GROW), lo)
-            growing &= ok(lo) & (lo > floor)
-        growing = ok(hi - 1) & (hi < ceiling)
-        while growing.any():
-            hi = np.where(growing, np.minimum(ceiling, hi + _GROW), hi)
-            growing &= ok(hi - 1) & (hi < ceiling)
-        # Only places whose window can hold a span that verification would report go on: one read
-        # over the query's literals in each window (see _may_hold). In generated code (thousands of
-        # files of one template under other names) this leaves a handful of the places.
+        # Only runs that can hold a span that verification would report go on: one read over the
+        # query's literals in each (see _may_hold). In generated code (thousands of files of one
+        # template under other names) this leaves a handful.
         hopeful = _may_hold(q, lo, hi, at, pool_keys, min_tokens)
         if not hopeful.any():
             return None
-        texts, diagonals, lo, hi, at = (x[hopeful] for x in (texts, diagonals, lo, hi, at))
-        # The stretches: runs of min_tokens or more compatible tokens in each place's window.
+        place, texts, diagonals, lo, hi, at = (x[hopeful] for x in (place, texts, diagonals, lo, hi, at))
+        # The stretches: runs of min_tokens or more compatible tokens in each run.
+        places = place
         positions, rows, bounds = _spans_of(lo, hi)
         where = positions + at[rows]
         kinds, keys = pool_kinds[where], pool_keys[where]
@@ -649,7 +655,7 @@ class IndexShard:
         found = np.searchsorted(holder, one)  # the identical run of each stretch that has one
         same_start[one], same_end[one] = same_starts[found] + shift[one], same_ends[found] + shift[one]
         place = np.searchsorted(bounds, starts, "right")
-        # The same test over each stretch, which is narrower than its window: only these are aligned.
+        # The same test over each stretch, which is narrower than its run: only these are aligned.
         hopeful = np.flatnonzero(_may_hold(q, starts + shift, ends + shift, at[place], pool_keys, min_tokens))
         if not len(hopeful):
             return None
@@ -658,7 +664,7 @@ class IndexShard:
         return _Stretches(
             texts[place],
             diagonals[place],
-            place,
+            places[place],
             starts + shift,
             ends + shift,
             same_start[hopeful],
