@@ -40,7 +40,7 @@ import numpy as np
 from codeinstruct.attribution.fingerprint import abstract_codes
 from codeinstruct.attribution.normalize import LITERAL, OTHER, TokenView
 
-__all__ = ["Run", "aligned_runs", "identical_run", "is_varied"]
+__all__ = ["Run", "aligned_runs", "identical_run", "is_varied", "next_same", "stretch_runs"]
 
 # A renamed span must have at least this share of distinct abstract 6-grams. Measured on the
 # standard library: boilerplate (imports, constructors, tables, argparse calls) has 0.04-0.25,
@@ -114,10 +114,47 @@ def aligned_runs(
     kinds = query.kinds[q]
     same_text = query.hashes[q] == source.hashes[s]
     compatible = (kinds == source.kinds[s]) & ((kinds != OTHER) | same_text)
+    return _verified(query, query_prev, q_lo, diagonal, same_text, compatible, source_prev[s], min_tokens)
+
+
+def stretch_runs(
+    query: TokenView,
+    query_prev: np.ndarray,
+    start: int,
+    end: int,
+    same_text: np.ndarray,
+    source_prev: np.ndarray,
+    min_tokens: int,
+    following: np.ndarray | None = None,
+) -> list[Run]:
+    """aligned_runs over query tokens [start, end) faced by a source window whose tokens are all
+    compatible with them (same kinds, identical keywords and punctuation), given only which the
+    source holds as they are and its back-references (fingerprint.previous_of over the window's
+    own token keys, with the roles of the query's tokens there, which are the window's: roles
+    are read off kinds and punctuation). Runs in query positions on both sides."""
+    if end - start < min_tokens:
+        return []
+    compatible = np.ones(end - start, dtype=bool)
+    return _verified(query, query_prev, start, 0, same_text, compatible, source_prev, min_tokens, following)
+
+
+def _verified(
+    query: TokenView,
+    query_prev: np.ndarray,
+    q_lo: int,
+    diagonal: int,
+    same_text: np.ndarray,
+    compatible: np.ndarray,
+    sp_all: np.ndarray,
+    min_tokens: int,
+    following: np.ndarray | None = None,
+) -> list[Run]:
+    """The runs of aligned_runs, from query position q_lo on: same_text, compatible and the
+    source's back-references sp_all are given for the query tokens from q_lo."""
     # Maximal stretches of compatible tokens.
     edges = np.flatnonzero(np.diff(np.concatenate(([0], compatible.view(np.int8), [0]))))
     runs: list[Run] = []
-    qp_all, sp_all = query_prev[q], source_prev[s]
+    qp_all = query_prev[q_lo : q_lo + len(compatible)]
     for a, b in zip(edges[::2], edges[1::2]):
         if b - a < min_tokens:
             continue
@@ -140,7 +177,8 @@ def aligned_runs(
     identical = [(a, b) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()) if b - a >= min_tokens]
     if not runs and not identical:
         return []
-    following = _next_same(query_prev)
+    if following is None:
+        following = next_same(query_prev)
     out = []
     for run in runs:
         run = _trimmed(run, query, query_prev, following, same_text, q_lo, min_tokens)
@@ -158,7 +196,7 @@ def identical_run(query: TokenView, query_prev: np.ndarray, start: int, end: int
     are (cut to whole lines as any run is); in query positions on both sides."""
     same_text = np.ones(end - start, dtype=bool)
     run = Run(start, end, start, end, True)
-    return _trimmed(run, query, query_prev, _next_same(query_prev), same_text, start, min_tokens)
+    return _trimmed(run, query, query_prev, next_same(query_prev), same_text, start, min_tokens)
 
 
 def _copied(query: TokenView, run: Run, same_text: np.ndarray, min_tokens: int) -> bool:
@@ -172,7 +210,7 @@ def _copied(query: TokenView, run: Run, same_text: np.ndarray, min_tokens: int) 
     return is_varied(query, run.q_start, run.q_end, min_tokens)
 
 
-def _next_same(prev: np.ndarray) -> np.ndarray:
+def next_same(prev: np.ndarray) -> np.ndarray:
     """The forward counterpart of previous_same: distance to the next occurrence (0 if none)."""
     following = np.zeros_like(prev)
     later = np.flatnonzero(prev)

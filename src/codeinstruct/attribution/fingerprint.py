@@ -38,7 +38,9 @@ __all__ = [
     "abstract_codes",
     "keys_of",
     "kgram_hashes",
+    "previous_of",
     "previous_same",
+    "roles_of",
     "sliding_minima",
     "window_params",
     "winnow",
@@ -119,13 +121,23 @@ def previous_same(view: TokenView) -> np.ndarray:
     role and text (0 if none); 0 for OTHER tokens and keyword arguments, which are free: a
     keyword argument's name belongs to the function called, and ``def f(mode=None)`` and a
     later ``open(path, mode=mode)`` should not tie ``mode`` to ``mode``."""
-    n = len(view)
+    return previous_of(view.kinds, view.hashes, _roles(view))
+
+
+def roles_of(view: TokenView) -> np.ndarray:
+    """_roles: each token's role, read off its neighbours (kinds and punctuation) only."""
+    return _roles(view)
+
+
+def previous_of(kinds: np.ndarray, hashes: np.ndarray, roles: np.ndarray) -> np.ndarray:
+    """previous_same from each token's kind, role and any hash that is equal exactly where the
+    tokens' texts are (a stored view's keys will do)."""
+    n = len(kinds)
     prev = np.zeros(n, dtype=np.int64)
-    roles = _roles(view)
-    where = np.flatnonzero((view.kinds != OTHER) & (roles != 2))
+    where = np.flatnonzero((kinds != OTHER) & (roles != 2))
     if len(where) < 2:
         return prev
-    keys = view.hashes[where] ^ _KIND_CODE[view.kinds[where]] ^ _ROLE_CODE[roles[where]]
+    keys = hashes[where] ^ _KIND_CODE[kinds[where]] ^ _ROLE_CODE[roles[where]]
     order = np.lexsort((where, keys))  # by text, then position
     sorted_keys, sorted_pos = keys[order], where[order]
     same = sorted_keys[1:] == sorted_keys[:-1]

@@ -66,12 +66,14 @@ from typing import NamedTuple, Self
 import numpy as np
 import zstandard
 
-from codeinstruct.attribution.align import Run, aligned_runs, identical_run
+from codeinstruct.attribution.align import Run, identical_run, next_same, stretch_runs
 from codeinstruct.attribution.fingerprint import (
     BloomFilter,
     keys_of,
     kgram_hashes,
+    previous_of,
     previous_same,
+    roles_of,
     sliding_minima,
     window_params,
 )
@@ -141,6 +143,8 @@ class _Query:
         self.view = view_of(tokens)
         self.keys = StoredView(encode_view(tokens).encode("utf-8", "surrogatepass")).keys
         self.prev = previous_same(self.view)
+        self.following = next_same(self.prev)
+        self.roles: dict[tuple[int, int], np.ndarray] = {}  # roles of the tokens of a window alone
         self.hashes = kgram_hashes(self.view, k, self.prev)
         self.line_starts, self.line_ends = _line_bounds(self.view)
         self.lines, self.end_lines = self.view.lines.tolist(), self.view.end_lines.tolist()
@@ -518,7 +522,7 @@ class IndexShard:
         aligned: dict[int, list[Run]] = {}
         pending = np.flatnonzero(~same & ~repeated)
         for i in pending[np.argsort(-identical_tokens[pending], kind="stable")].tolist():
-            a, b, text, diagonal = int(starts[i]), int(ends[i]), int(texts[i]), int(diagonals[i])
+            a, b, diagonal = int(starts[i]), int(ends[i]), int(diagonals[i])
             at = int(key_starts[i])
             key = (a, b, keys[at : at + b - a].tobytes())
             outcome = outcomes.get(key)
@@ -526,10 +530,24 @@ class IndexShard:
                 if q.aligned >= q.max_verified:
                     continue
                 q.aligned += 1
-                source = self._window(text, a + diagonal, b + diagonal)
+                # The stretch's tokens all face compatible ones: its keys say which it holds as they
+                # are and where its names repeat; nothing more of the text is read.
+                source_keys = keys[at : at + b - a]
+                roles = q.roles.get((a, b))
+                if roles is None:
+                    roles = q.roles[(a, b)] = roles_of(query.slice(a, b))
                 outcome = outcomes[key] = [
                     (r.q_start, r.q_end, r.verbatim)
-                    for r in aligned_runs(query, query_prev, source, previous_same(source), -a, min_tokens)
+                    for r in stretch_runs(
+                        query,
+                        query_prev,
+                        a,
+                        b,
+                        source_keys == q.keys[a:b],
+                        previous_of(query.kinds[a:b], source_keys, roles),
+                        min_tokens,
+                        q.following,
+                    )
                 ]
             aligned.setdefault(int(places[i]), []).extend(
                 Run(qs, qe, qs + diagonal, qe + diagonal, verbatim) for qs, qe, verbatim in outcome
@@ -721,10 +739,6 @@ class IndexShard:
             offset = c * CHUNK_TOKENS
             out.append((self._chunk(first + c), max(start - offset, 0), min(end - offset, CHUNK_TOKENS)))
         return out
-
-    def _window(self, text: int, start: int, end: int) -> TokenView:
-        """Tokens [start, end) of a stored text, reading only the chunks that hold them."""
-        return TokenView.concatenate([chunk.view(a, b) for chunk, a, b in self._segments(text, start, end)])
 
     def _lines(self, text: int, start: int, end: int) -> tuple[int, int]:
         """The first and last line of tokens [start, end) of a text."""
