@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from codeinstruct.attribution import AttributionIndex, build_index
+from codeinstruct.attribution.format import SHARDS_VERSION
 from codeinstruct.errors import CodeinstructError
 
 from .conftest import HULL, SCHEDULER, TEXTKIT, lines_of
@@ -117,7 +118,7 @@ def test_the_sharded_build_spreads_copies_over_shards(sharded):
     # Contiguous ranges of about equal bytes: the three groups of the corpus.
     assert [where[(r["repo"], r["path"])] for r in corpus_records()] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
     manifest = json.loads((sharded.path / "manifest.json").read_text())
-    assert manifest["version"] == 2
+    assert manifest["version"] == SHARDS_VERSION
     assert [s["name"] for s in manifest["shards"]] == ["shard-00000", "shard-00001", "shard-00002"]
     assert manifest["documents"] == sum(s["documents"] for s in manifest["shards"]) == 10
 

@@ -1,12 +1,21 @@
 """Fingerprints of token views: rename-invariant k-gram hashes, winnowing, a Bloom filter.
 
-k-grams. A k-gram of a view is hashed from its tokens' abstract form: OTHER tokens by their
-text, NAME and LITERAL tokens by their kind and, for a repeated one, the distance back to
-its previous occurrence inside the same k-gram (Baker's parameterized strings). Two spans
-that are equal up to a consistent renaming of names and literals therefore have equal
-k-gram hashes, while ``a = a + b`` and ``a = b + c`` do not. Names after ``.`` (attributes) are
-a namespace of their own and keyword arguments (``(`` or ``,``, name, ``=``) are free, so
-that ``self.size = size`` renamed to ``self.size = n`` is still a consistent renaming.
+k-grams. A k-gram of a view is hashed from its tokens' abstract form: OTHER and LITERAL tokens
+by their text (a literal's quote style aside), NAME tokens by their kind and, for a repeated
+one, the distance back to its previous occurrence inside the same k-gram (Baker's
+parameterized strings). Two spans that are equal up to a consistent renaming of names
+therefore have equal k-gram hashes, while ``a = a + b`` and ``a = b + c`` do not. Names after
+``.`` (attributes) are a namespace of their own and keyword arguments (``(`` or ``,``, name,
+``=``) are free, so that ``self.size = size`` renamed to ``self.size = n`` is still a
+consistent renaming.
+
+Literals are kept in the hash because generated code (thousands of files of one template, a
+getter and a setter per field under other names and docstrings) is one abstract shape: with
+literals abstracted, a query from one such file fingerprints alike with every file of its
+template, and each had to be read to learn that it holds no span (verification asks a renamed
+span to keep at least half of its literals). With them, a span whose names are renamed and
+whose literals are kept is found as before, and one with other values is found wherever
+``w + k - 1`` tokens of it keep theirs (then verified over its whole stretch).
 
 A k-gram whose abstract form repeats with a period of at most 10 tokens (a column of
 imports, a table of numbers, ``self.x = x`` lines) says nothing in abstract form: it is
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from codeinstruct.attribution.normalize import NAME, OTHER, TokenView, text_hash
+from codeinstruct.attribution.normalize import LITERAL, NAME, OTHER, TokenView, text_hash
 
 __all__ = [
     "KEY_BITS",
@@ -50,6 +59,7 @@ _U64 = np.uint64
 _BASE = _U64(0x9E3779B97F4A7C15)  # odd: the polynomial's multiplier
 _EXACT_BASE = _U64(0xC2B2AE3D27D4EB4F)  # another one for exact k-grams, a hash space of their own
 _REPEAT = _U64(0xD6E8FEB86659FD93)  # weight of a back-reference distance
+_LITERAL_SALT = _U64(0x1B873593CC9E2D51)  # a literal's code: its text hash, salted and mixed
 _KIND_CODE = np.array([0, 0x5851F42D4C957F2D, 0x14057B7EF767814F], dtype=np.uint64)  # OTHER unused, NAME, LITERAL
 _ROLE_CODE = np.array(
     [0, 0x2545F4914F6CDD1D, 0x61C8864680B583EB], dtype=np.uint64
@@ -150,6 +160,11 @@ def abstract_codes(view: TokenView) -> np.ndarray:
     return np.where(view.kinds == OTHER, _mix(view.hashes), _KIND_CODE[view.kinds])
 
 
+def _fingerprint_codes(view: TokenView, codes: np.ndarray) -> np.ndarray:
+    """The codes k-grams are hashed from: abstract_codes, with each LITERAL by its text."""
+    return np.where(view.kinds == LITERAL, _mix(view.hashes ^ _LITERAL_SALT), codes)
+
+
 def _periodic(codes: np.ndarray, k: int, count: int) -> np.ndarray:
     """For each k-gram, whether its abstract form repeats with a period of at most _MAX_PERIOD."""
     out = np.zeros(count, dtype=bool)
@@ -210,7 +225,7 @@ def kgram_hashes(view: TokenView, k: int, prev: np.ndarray | None = None) -> np.
     if prev is None:
         prev = previous_same(view)
     codes = abstract_codes(view)
-    sums, scale = _window_sums(codes, k, _ABSTRACT_POWERS)
+    sums, scale = _window_sums(_fingerprint_codes(view, codes), k, _ABSTRACT_POWERS)
     # Back-references: token i, pointing b back, counts in the k-grams that start in
     # [i - k + 1, i - b] (those holding both ends); add b * R * B**-i over that range.
     i = np.flatnonzero((prev > 0) & (prev < k))

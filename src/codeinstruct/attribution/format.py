@@ -38,8 +38,10 @@ import numpy as np
 import xxhash
 
 FORMAT = "codeinstruct-attribution-index"
-VERSION = 1  # a shard's layout (and a one-shard index's)
-SHARDS_VERSION = 2  # the top manifest of an index of several shards
+# A shard's layout (and a one-shard index's), and the top manifest of an index of several shards.
+# 3 and 4: literals hashed by their text in fingerprints (1 and 2 abstracted them).
+VERSION = 3
+SHARDS_VERSION = 4
 CHUNK_TOKENS = 2048  # tokens of a stored view per compressed chunk
 
 MANIFEST_FILE = "manifest.json"

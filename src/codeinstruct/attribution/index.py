@@ -27,8 +27,8 @@ text (verbatim, re-laid-out or consistently renamed), however many texts hold it
    A run, then a stretch, goes on only if it can hold a span verification would report: some
    min_tokens of it with fewer than three of the query's literals, or a range of min_tokens where
    the text keeps at least as many of them as it changes (_may_hold; verification asks a renamed
-   span for half its literals). Generated code (thousands of files of one template under other
-   names and docstrings) fingerprints and aligns alike; this drops its files unread by alignment.
+   span for half its literals). Files of one template under other names that share the query's
+   literals where they fingerprint alike (fingerprints keep literals) are dropped here unaligned.
 3. Verification. Where the text holds the query's tokens as they are over one stretch of
    min_tokens and nothing around it could align but parts of lines, that identical stretch is
    the span (align.identical_run, the same for every text): a span held by thousands of files
