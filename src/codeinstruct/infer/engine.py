@@ -76,7 +76,7 @@ class Engine:
         tokenizer,
         *,
         max_batch_size: int = 16,
-        max_tokens_per_step: int = 256,
+        max_tokens_per_step: int = 1024,
         max_seq_len: int | None = None,
         weights: str = "dense",
         prefix_slots: int = 4,
