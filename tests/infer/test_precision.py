@@ -111,3 +111,22 @@ def test_onednn_matrices_agree_with_f_linear_and_rows_do_not_depend_on_the_batch
     whole = packed(x)
     for rows in (1, 2, 5, 8, 16):  # a row's result is the same whatever the batch beside it
         assert torch.equal(packed(x[:rows]), whole[:rows])
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_int8_products_agree_whichever_kernel_runs_them(onednn):
+    # oneDNN's int8 matmul (per-tensor activation scales) is fed each row at scale 1 and scaled after
+    # the exact int32 product, so it gives what torch._int_mm with per-row scales gives, row by row.
+    from codeinstruct.infer.runners import _Int8
+
+    if onednn and not _Int8.onednn_usable():
+        pytest.skip("this torch has no usable oneDNN int8 matmul")
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    x = torch.randn(9, 64, generator=g) * torch.logspace(-2, 2, 9)[:, None]  # rows of very different scales
+    layer, reference = _Int8(w, b, onednn=onednn), _Int8(w, b, onednn=False)
+    out = layer(x)
+    assert torch.allclose(out, reference(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.cat([layer(x[i : i + 1]) for i in range(9)]), out)
+    exact = torch.nn.functional.linear(x, w, b)
+    assert ((out - exact).abs().amax(1) / exact.abs().amax(1)).max() < 0.05
