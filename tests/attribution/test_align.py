@@ -123,3 +123,37 @@ def test_a_range_is_varied_where_any_of_its_windows_is():
         b = min(len(q), a + rng.randrange(40, 300))
         windows = any(is_varied(q, s, s + 40) for s in range(a, b - 39))
         assert is_varied(q, a, b, 40) == (is_varied(q, a, b) or windows)
+
+
+def test_a_stretch_aligned_from_its_keys_gives_what_aligning_its_tokens_gives():
+    # IndexShard aligns a stretch from the stored keys it already read (stretch_runs) instead of
+    # decoding the text again (aligned_runs): same runs, for copies renamed or not, in any window.
+    from codeinstruct.attribution.align import next_same, stretch_runs
+    from codeinstruct.attribution.fingerprint import previous_of, roles_of
+    from codeinstruct.attribution.normalize import StoredView, encode_view
+
+    def keys(tokens):
+        return StoredView(encode_view(tokens).encode("utf-8", "surrogatepass")).keys
+
+    code = lines_of(HULL, 5, 40)
+    renamed = code.replace("lower", "low").replace("upper", "high").replace("pts", "ordered")
+    partly = code.replace("lower", "low", 2)  # an inconsistent renaming: runs break
+    checked = 0
+    for source_code in (code, renamed, partly):
+        q_tokens, s_tokens = PY.scan(code), PY.scan(source_code)
+        q, s = view_of(q_tokens), view_of(s_tokens)
+        if len(q) != len(s):
+            continue
+        q_prev, q_keys, s_keys = previous_same(q), keys(q_tokens), keys(s_tokens)
+        for a, b in [(0, len(q)), (3, len(q) - 7), (40, len(q))]:
+            window = s.slice(a, b)
+            expected = aligned_runs(q, q_prev, window, previous_same(window), -a, 30)
+            got = stretch_runs(
+                q, q_prev, a, b, s_keys[a:b] == q_keys[a:b],
+                previous_of(q.kinds[a:b], s_keys[a:b], roles_of(q.slice(a, b))), 30, next_same(q_prev),
+            )  # fmt: skip
+            assert [(r.q_start, r.q_end, r.verbatim) for r in got] == [
+                (r.q_start, r.q_end, r.verbatim) for r in expected
+            ]
+            checked += bool(expected)
+    assert checked >= 6

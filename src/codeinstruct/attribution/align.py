@@ -191,12 +191,22 @@ def _verified(
     return out
 
 
-def identical_run(query: TokenView, query_prev: np.ndarray, start: int, end: int, min_tokens: int) -> Run:
+def identical_run(
+    query: TokenView,
+    query_prev: np.ndarray,
+    start: int,
+    end: int,
+    min_tokens: int,
+    following: np.ndarray | None = None,
+) -> Run:
     """The span aligned_runs reports for query tokens [start, end) where a source holds them as they
-    are (cut to whole lines as any run is); in query positions on both sides."""
+    are (cut to whole lines as any run is); in query positions on both sides. ``following``:
+    next_same(query_prev), where the caller has it."""
     same_text = np.ones(end - start, dtype=bool)
     run = Run(start, end, start, end, True)
-    return _trimmed(run, query, query_prev, next_same(query_prev), same_text, start, min_tokens)
+    if following is None:
+        following = next_same(query_prev)
+    return _trimmed(run, query, query_prev, following, same_text, start, min_tokens)
 
 
 def _copied(query: TokenView, run: Run, same_text: np.ndarray, min_tokens: int) -> bool:

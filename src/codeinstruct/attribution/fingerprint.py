@@ -94,7 +94,7 @@ def window_params(min_tokens: int) -> tuple[int, int]:
     return k, min_tokens - k + 1
 
 
-def _roles(view: TokenView) -> np.ndarray:
+def roles_of(view: TokenView) -> np.ndarray:
     """0 for a plain name, 1 for an attribute (after "." and the like), 2 for a keyword argument.
 
     Both are read off the neighbouring tokens only (a keyword argument is a name between "("
@@ -131,12 +131,7 @@ def previous_same(view: TokenView) -> np.ndarray:
     role and text (0 if none); 0 for OTHER tokens and keyword arguments, which are free: a
     keyword argument's name belongs to the function called, and ``def f(mode=None)`` and a
     later ``open(path, mode=mode)`` should not tie ``mode`` to ``mode``."""
-    return previous_of(view.kinds, view.hashes, _roles(view))
-
-
-def roles_of(view: TokenView) -> np.ndarray:
-    """_roles: each token's role, read off its neighbours (kinds and punctuation) only."""
-    return _roles(view)
+    return previous_of(view.kinds, view.hashes, roles_of(view))
 
 
 def previous_of(kinds: np.ndarray, hashes: np.ndarray, roles: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ text (verbatim, re-laid-out or consistently renamed), however many texts hold it
 3. Verification. Where the text holds the query's tokens as they are over one stretch of
    min_tokens and nothing around it could align but parts of lines, that identical stretch is
    the span (align.identical_run, the same for every text): a span held by thousands of files
-   costs a comparison per file. Other stretches are aligned token by token (align.aligned_runs);
+   costs a comparison per file. Other stretches are aligned token by token (align.stretch_runs, from their keys);
    the result depends only on the stretch's tokens and where it faces the query, so a stretch
    repeated by near-copies is aligned once, and ``max_verified`` bounds the distinct alignments.
    Read chunks are kept in a cache with random eviction (``_ChunkCache``), which a query reading
@@ -511,7 +511,9 @@ class IndexShard:
         for v_start, v_end in set(zip(same_starts[same].tolist(), same_ends[same].tolist())):
             run = identical.get((v_start, v_end))
             if run is None:
-                run = identical[(v_start, v_end)] = identical_run(query, query_prev, v_start, v_end, min_tokens)
+                run = identical[(v_start, v_end)] = identical_run(
+                    query, query_prev, v_start, v_end, min_tokens, q.following
+                )
             chosen = same & (same_starts == v_start) & (same_ends == v_end)
             run_starts[chosen], run_ends[chosen] = run.q_start, run.q_end
         # Otherwise align (max_verified bounds the distinct alignments), most tokens held as they are
@@ -648,9 +650,8 @@ class IndexShard:
         hopeful = _may_hold(q, lo, hi, at, pool_keys, min_tokens)
         if not hopeful.any():
             return None
-        place, texts, diagonals, lo, hi, at = (x[hopeful] for x in (place, texts, diagonals, lo, hi, at))
+        run_places, texts, diagonals, lo, hi, at = (x[hopeful] for x in (place, texts, diagonals, lo, hi, at))
         # The stretches: runs of min_tokens or more compatible tokens in each run.
-        places = place
         positions, rows, bounds = _spans_of(lo, hi)
         where = positions + at[rows]
         kinds, keys = pool_kinds[where], pool_keys[where]
@@ -682,7 +683,7 @@ class IndexShard:
         return _Stretches(
             texts[place],
             diagonals[place],
-            places[place],
+            run_places[place],
             starts + shift,
             ends + shift,
             same_start[hopeful],

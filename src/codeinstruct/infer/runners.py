@@ -156,7 +156,7 @@ class _Int8:
             self.packed = torch.ops.onednn.qlinear_prepack(q, [8, w.shape[1]])
             self.zero_points = torch.zeros(w.shape[0], dtype=torch.int64)
         else:
-            self.weight = q.t().contiguous()
+            self.weight, self.zero_points = q.t().contiguous(), None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x_scale = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
