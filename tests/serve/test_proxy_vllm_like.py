@@ -168,3 +168,25 @@ def test_infill_and_tokenizer_routes_through_the_proxy(proxy, stub):
     chat_tokens = httpx.post(proxy.url + "/tokenize", json={"messages": MESSAGES}, timeout=30).json()
     assert chat_tokens["count"] == len(format_prompt("Write area(r).", "r is a radius."))
     assert httpx.post(proxy.url + "/detokenize", json={"tokens": [104, 105]}, timeout=30).json() == {"prompt": "hi"}
+
+
+def test_llama_cpps_completion_route_and_limits_through_the_proxy(proxy, stub):
+    r = httpx.post(proxy.url + "/completion", json={"prompt": "def area(r):", "n_predict": 64}, timeout=30)
+    assert r.status_code == 200, r.text
+    sent = stub.stub.bodies[-1]
+    assert sent["path"] == "/v1/completions" and sent["prompt"] == "def area(r):" and sent["max_tokens"] == 64
+    assert r.json()["content"] == ANSWER and r.json()["stop"] is True
+    # n_indent: ANSWER's second line ("def area") is indented less than 4, so the text ends before it
+    body = {"prompt": "x", "n_predict": 64, "n_indent": 4, "response_fields": ["content", "stop_type"]}
+    assert httpx.post(proxy.url + "/completion", json=body, timeout=30).json() == {
+        "content": "\n",
+        "stop_type": "limit",
+    }
+    with httpx.stream("POST", proxy.url + "/infill", json={**body, "stream": True}, timeout=30) as s:
+        events = sse_events(s)
+    assert "".join(e.get("content", "") for e in events) == "\n"
+    assert events[-1] == {"content": "", "stop_type": "limit"}  # response_fields shape the final object
+    # n_predict 0 (an editor warming the upstream's cache): the prompt is sent for one token, none shown
+    warm = httpx.post(proxy.url + "/infill", json={"input_prefix": "a", "n_predict": 0}, timeout=30).json()
+    assert stub.stub.bodies[-1]["max_tokens"] == 1
+    assert warm["content"] == "" and warm["tokens_predicted"] == 0 and warm["stop_type"] == "limit"

@@ -1,10 +1,11 @@
 """The FastAPI app: OpenAI routes, API key, errors in OpenAI's shape, health, and the playground.
 
-    GET  /v1/models             the served model (or the upstream's list, in proxy mode)
+    GET  /v1/models             the served model (or the upstream's list, in proxy mode); /v1/models/ID one
     POST /v1/completions        prompt (+ suffix: FIM), streaming or not
     POST /v1/chat/completions   messages mapped onto the Alpaca prompt, streaming or not
     POST /tokenize, /detokenize vLLM's tokenizer routes
     POST /infill                llama.cpp's Fill-in-the-Middle route
+    POST /completion            llama.cpp's raw completion route (also /completions)
     GET  /metrics               Prometheus text format; never needs the API key
     GET  /health                status and load; never needs the API key
     GET  /                      the playground page (static files, no external assets)
@@ -40,6 +41,7 @@ from codeinstruct.serve.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     InfillRequest,
+    LlamaCompletionRequest,
     TokenizeRequest,
     error_body,
     validation_error,
@@ -196,6 +198,17 @@ def create_app(
         authorize(request)
         return await backend.models()
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str):
+        authorize(request)
+        listed = await backend.models()
+        if isinstance(listed, Response):
+            return listed
+        for entry in listed.get("data", []):
+            if entry.get("id") == model_id:
+                return entry
+        raise ApiError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request)
@@ -225,6 +238,13 @@ def create_app(
         authorize(request)
         _, body = await parse(request, InfillRequest)
         return await backend.infill(request, body)
+
+    @app.post("/completion")
+    @app.post("/completions")
+    async def llama_completion(request: Request):
+        authorize(request)
+        _, body = await parse(request, LlamaCompletionRequest)
+        return await backend.llama_completion(request, body)
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -19,6 +19,7 @@ from codeinstruct.serve.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     InfillRequest,
+    LlamaCompletionRequest,
     TokenizeRequest,
 )
 
@@ -59,6 +60,10 @@ class ServingBackend(Protocol):
 
     async def infill(self, request: Request, body: InfillRequest) -> Response:
         """llama.cpp's /infill."""
+        ...
+
+    async def llama_completion(self, request: Request, body: LlamaCompletionRequest) -> Response:
+        """llama.cpp's /completion."""
         ...
 
 

@@ -46,9 +46,11 @@ from codeinstruct.serve.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     InfillRequest,
+    LlamaCompletionRequest,
     TokenizeRequest,
     error_body,
 )
+from codeinstruct.serve.llama_native import CompletionLimits, timings
 
 MAX_CHARS_PER_TOKEN = 64  # text longer than this many characters per context token is refused untokenized
 
@@ -309,18 +311,35 @@ class LocalModel:
             ids += head + encode_text(tok, f"{chunk.filename}\n{chunk.text}" if chunk.filename else chunk.text)
         ids += fim_prompt_ids(tok, body.input_prefix, body.input_suffix, tokens=tokens)
         ids += encode_text(tok, body.prompt)
+        return [self._llama_prompt(body, ids, tokens.all, "input_prefix")]
+
+    def _llama_completion_prompt(self, body: LlamaCompletionRequest) -> list[_Prompt]:
+        """llama.cpp's /completion: a raw prompt (text with special-token strings read as those tokens, or ids)."""
+        tok = self.engine.tokenizer
+        if isinstance(body.prompt, str):
+            self._check_size(body.prompt, "prompt")
+            ids, fim = oa.encode_raw_prompt(tok, body.prompt)
+        else:
+            ids, fim = list(body.prompt), False
+            if min(ids) < 0 or max(ids) >= self.engine.vocab_size:
+                raise ApiError(400, f"prompt: token ids must be in [0, {self.engine.vocab_size})", param="prompt")
+        if not ids:
+            raise ApiError(400, "prompt: must not be empty", param="prompt")
+        return [self._llama_prompt(body, ids, oa.fim_stop_ids(tok) if fim else (), "prompt")]
+
+    def _llama_prompt(self, body, ids: list[int], stop_ids: tuple[int, ...], param: str) -> _Prompt:
+        """A llama.cpp-native request's prompt and sampling. `n_predict` 0 still runs the prompt (one token,
+        not shown), so that its KV is kept for the prompts that will share its beginning."""
         room = self.engine.max_seq_len - len(ids)
         if room < 1:
             raise ApiError(
                 400,
                 f"the prompt has {len(ids)} tokens; the model's context is {self.engine.max_seq_len}",
-                param="input_prefix",
+                param=param,
                 code="context_length_exceeded",
             )
-        if body.n_predict == 0:
-            raise ApiError(400, "n_predict must be -1 (up to the context) or at least 1", param="n_predict")
         params = SamplingParams(
-            max_new_tokens=room if body.n_predict < 0 else min(body.n_predict, room),
+            max_new_tokens=room if body.n_predict < 0 else max(1, min(body.n_predict, room)),
             temperature=body.temperature,
             top_k=body.top_k,
             top_p=body.top_p,
@@ -329,10 +348,11 @@ class LocalModel:
             frequency_penalty=body.frequency_penalty,
             seed=body.seed if body.seed >= 0 else secrets.randbelow(2**62),
             stop=tuple(body.stop),
-            stop_token_ids=tokens.all,
+            stop_token_ids=stop_ids,
             ignore_eos=body.ignore_eos,
+            adapter=self._adapter(body.model),
         )
-        return [_Prompt(ids, params)]
+        return _Prompt(ids, params)
 
     async def _start(self, prepare, body, samples: int) -> Generation:
         """Admit `samples` (429 when full), then tokenize and submit on a worker thread: `engine.submit`
@@ -589,29 +609,42 @@ class LocalModel:
         return {"prompt": self.engine.tokenizer.decode(body.tokens)}
 
     async def infill(self, request: Request, body: InfillRequest) -> Response:
-        """llama.cpp's /infill: its response fields (`content`, `stop`, `stop_type`, `tokens_predicted`, ...);
-        streamed as `data: {"content": ..., "stop": false}` events, the last with `stop: true` and the rest."""
-        generation = await self._start(self._infill_prompt, body, 1)
+        """llama.cpp's /infill."""
+        return await self._llama_answer(request, body, self._infill_prompt)
+
+    async def llama_completion(self, request: Request, body: LlamaCompletionRequest) -> Response:
+        """llama.cpp's /completion."""
+        return await self._llama_answer(request, body, self._llama_completion_prompt)
+
+    async def _llama_answer(self, request: Request, body, prepare) -> Response:
+        """A llama.cpp-native answer: its response fields (`content`, `stop`, `stop_type`, `tokens_predicted`,
+        `timings`, ...), or those of `response_fields`; streamed as `data: {"content": ..., "stop": false}`
+        events, the last with `stop: true` and the rest. The text is cut by `n_indent` and
+        `t_max_predict_ms` as it comes (`CompletionLimits`), which ends the generation there."""
+        generation = await self._start(prepare, body, 1)
         started = time.perf_counter()
+        limits = CompletionLimits(body.n_indent, body.t_max_predict_ms, hidden=body.n_predict == 0)
 
         def final(text: str, finish: str | None) -> dict:
             handle = generation.handles[0]
             seq = handle.sequences[0]
+            if limits.cut:
+                finish = "length"
             stopped_word = finish == "stop" and handle.params.stop and seq.stream.stopped
             stopped_eos = finish == "stop" and not stopped_word
             first = seq.token_times[0] if seq.token_times else time.perf_counter()
-            predicted_ms = (time.perf_counter() - first) * 1000
-            return {
+            predicted = 0 if limits.hidden else len(seq.tokens)
+            answer = {
                 "index": 0,
                 "content": text,
                 "tokens": [],
                 "id_slot": -1,
                 "stop": True,
-                "model": self.name,
-                "tokens_predicted": len(seq.tokens),
+                "model": self._model_name(body),
+                "tokens_predicted": predicted,
                 "tokens_evaluated": len(handle.prompt_ids),
                 "prompt": self.engine.tokenizer.decode(handle.prompt_ids),
-                "has_new_line": "\n" in seq.stream.visible,
+                "has_new_line": "\n" in limits.text,
                 "truncated": False,
                 "stop_type": "word" if stopped_word else "eos" if stopped_eos else "limit",
                 "stopped_eos": bool(stopped_eos),
@@ -619,13 +652,12 @@ class LocalModel:
                 "stopped_limit": finish == "length",
                 "stopping_word": handle.params.stop[0] if stopped_word and len(handle.params.stop) == 1 else "",
                 "tokens_cached": 0,
-                "timings": {
-                    "prompt_n": len(handle.prompt_ids),
-                    "prompt_ms": (first - started) * 1000,
-                    "predicted_n": len(seq.tokens),
-                    "predicted_ms": predicted_ms,
-                    "predicted_per_second": len(seq.tokens) / (predicted_ms / 1000) if predicted_ms > 0 else None,
-                },
+                "timings": timings(
+                    len(handle.prompt_ids),
+                    (first - started) * 1000,
+                    predicted,
+                    0.0 if limits.hidden else (time.perf_counter() - first) * 1000,
+                ),
                 "generation_settings": {
                     "n_predict": body.n_predict,
                     "temperature": body.temperature,
@@ -633,19 +665,29 @@ class LocalModel:
                     "top_p": body.top_p,
                     "seed": handle.params.seed,
                     "stop": list(body.stop),
+                    "n_indent": body.n_indent,
+                    "t_max_predict_ms": body.t_max_predict_ms,
                 },
             }
+            return body.fields(answer)
+
+        async def pieces() -> AsyncIterator[tuple[str, str | None]]:
+            """(text to show, finish_reason or None), ending early where the limits cut the text."""
+            async with aclosing(self._events(generation)) as events:
+                async for _, text, finish in events:
+                    shown, cut = limits.feed(text, time.perf_counter())
+                    yield shown, "length" if cut else finish
+                    if cut:
+                        return
 
         if body.stream:
 
             async def events() -> AsyncIterator[bytes]:
                 try:
-                    async for _, text, finish in self._events(generation):
-                        if finish is None:
+                    async for text, finish in pieces():
+                        if text:
                             yield oa.sse({"index": 0, "content": text, "tokens": [], "stop": False})
-                        else:
-                            if text:
-                                yield oa.sse({"index": 0, "content": text, "tokens": [], "stop": False})
+                        if finish is not None:
                             yield oa.sse(final("", finish))
                 except ApiError as e:
                     yield oa.sse(e.body())
@@ -654,7 +696,7 @@ class LocalModel:
 
         async def collect() -> dict:
             text, finish = "", None
-            async for _, piece, end in self._events(generation):
+            async for piece, end in pieces():
                 text += piece
                 finish = end or finish
             return final(text, finish)

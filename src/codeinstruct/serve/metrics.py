@@ -74,6 +74,8 @@ ENDPOINTS = (
     "/tokenize",
     "/detokenize",
     "/infill",
+    "/completion",
+    "/completions",
     "/health",
     "/metrics",
 )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -46,6 +47,7 @@ from codeinstruct.serve.http import (
     SSEResponse,
     until_disconnected,
 )
+from codeinstruct.serve.llama_native import CompletionLimits
 from codeinstruct.serve.metrics import ServerMetrics
 from codeinstruct.serve.schemas import (
     ApiError,
@@ -53,6 +55,7 @@ from codeinstruct.serve.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     InfillRequest,
+    LlamaCompletionRequest,
     TokenizeRequest,
     error_body,
 )
@@ -101,6 +104,8 @@ class _Choices:
         self.finished: set[int] = set()
         self.stopped_here = 0
         self.answers: dict[int, ResponseStream] = {}  # chat: extract_response as a stream, per choice
+        self.llama = None  # infill shape: the llama.cpp-native request, whose limits cut the text
+        self.limits = CompletionLimits()
 
     def text(self, index: int) -> str:
         return self.filters[index].visible if index in self.filters else ""
@@ -266,9 +271,18 @@ class UpstreamModel:
     async def infill(self, request: Request, body: InfillRequest) -> Response:
         """llama.cpp's /infill as a raw PSM completion upstream, answered in llama.cpp's shape."""
         extra = "".join(f"<filename>{c.filename}\n{c.text}" if c.filename else c.text for c in body.input_extra)
+        prompt = extra + psm_prompt(body.input_prefix, body.input_suffix) + body.prompt
+        return await self._llama_forward(request, body, prompt)
+
+    async def llama_completion(self, request: Request, body: LlamaCompletionRequest) -> Response:
+        """llama.cpp's /completion as a raw completion upstream (text or token ids), answered in its shape."""
+        return await self._llama_forward(request, body, body.prompt)
+
+    async def _llama_forward(self, request: Request, body, prompt: str | list[int]) -> Response:
         payload = {
-            "prompt": extra + psm_prompt(body.input_prefix, body.input_suffix) + body.prompt,
-            "max_tokens": None if body.n_predict < 0 else body.n_predict,
+            "prompt": prompt,
+            # n_predict 0: the upstream evaluates the prompt (and caches it) for one token, not shown
+            "max_tokens": None if body.n_predict < 0 else max(1, body.n_predict),
             "temperature": body.temperature,
             "top_p": body.top_p,
             "top_k": body.top_k,
@@ -282,7 +296,7 @@ class UpstreamModel:
         }
         if body.model is not None:
             payload["model"] = body.model
-        return await self._forward(request, payload, body.stream, tuple(body.stop), 1, "infill")
+        return await self._forward(request, payload, body.stream, tuple(body.stop), 1, "infill", llama=body)
 
     async def tokenize(self, request: Request, body: TokenizeRequest) -> Response:
         body.check()
@@ -303,19 +317,29 @@ class UpstreamModel:
     # ------------------------------------------------------------------ forwarding
 
     async def _forward(
-        self, request: Request, payload: dict, stream: bool, stops: tuple[str, ...], samples: int, shape: str
+        self,
+        request: Request,
+        payload: dict,
+        stream: bool,
+        stops: tuple[str, ...],
+        samples: int,
+        shape: str,
+        llama=None,
     ) -> Response:
-        """POST `payload` to the upstream's /completions; answer in `shape`: text (completions), chat, infill."""
+        """POST `payload` to the upstream's /completions; answer in `shape`: text (completions), chat, or
+        infill (llama.cpp's native shape, of the /infill or /completion request `llama`)."""
         ticket = self.admission.admit(samples)
         try:
             if stream:
-                return await self._forward_stream(request, payload, stops, samples, shape, ticket)
-            return await self._forward_once(request, payload, stops, shape)
+                return await self._forward_stream(request, payload, stops, samples, shape, ticket, llama)
+            return await self._forward_once(request, payload, stops, shape, llama)
         finally:
             if not stream:
                 ticket.release()
 
-    async def _forward_once(self, request: Request, payload: dict, stops: tuple[str, ...], shape: str) -> Response:
+    async def _forward_once(
+        self, request: Request, payload: dict, stops: tuple[str, ...], shape: str, llama=None
+    ) -> Response:
         async def work() -> Response:
             await self._acquire()
             try:
@@ -339,7 +363,11 @@ class UpstreamModel:
             attributions = await self.attributor.check_all(texts) if self.attributor.enabled else [None] * len(texts)
             if shape == "infill":
                 choice = choices[0] if choices else {}
-                return JSONResponse(_infill_answer(texts[0] if texts else "", choice, data, payload))
+                limits = _limits(llama)
+                content, cut = limits.feed(texts[0] if texts else "", 0.0)
+                if cut or limits.hidden:
+                    choice = {**choice, "finish_reason": "length"}
+                return JSONResponse(llama.fields(_infill_answer(content, choice, data, payload, limits)))
             for choice, text, attribution in zip(choices, texts, attributions):
                 if attribution is not None:
                     choice["attribution"] = attribution
@@ -359,7 +387,7 @@ class UpstreamModel:
             return Response(status_code=499)
 
     async def _forward_stream(
-        self, request: Request, payload: dict, stops: tuple[str, ...], samples: int, shape: str, ticket
+        self, request: Request, payload: dict, stops: tuple[str, ...], samples: int, shape: str, ticket, llama=None
     ) -> Response:
         async def open_stream() -> httpx.Response:
             await self._acquire()
@@ -394,7 +422,9 @@ class UpstreamModel:
             self._release()
             ticket.release()
 
-        return SSEResponse(self._relay(r, _Choices(stops, samples), shape, payload), cleanup)
+        choices = _Choices(stops, samples)
+        choices.llama, choices.limits = llama, _limits(llama)
+        return SSEResponse(self._relay(r, choices, shape, payload), cleanup)
 
     async def _relay(self, r: httpx.Response, choices: _Choices, shape: str, payload: dict) -> AsyncIterator[bytes]:
         """The upstream's events, with stop strings enforced and attribution added to each choice's last one."""
@@ -469,10 +499,18 @@ class UpstreamModel:
                     attribution = await self.attributor.check(answer.text)
                 kept.append(oa.chat_delta(index, {"content": piece} if piece else {}, finish, attribution, logprobs))
             else:  # infill
+                shown, cut = choices.limits.feed(shown, time.perf_counter())
+                if cut and finish is None:
+                    finish = "length"
+                    choices.stopped_here += 1
+                    choices.finished.add(index)
+                if choices.limits.hidden and finish is not None:
+                    finish = "length"
                 if shown:
                     out.append({"index": 0, "content": shown, "tokens": [], "stop": False})
                 if finish is not None:
-                    out.append(_infill_answer("", {**choice, "finish_reason": finish}, event, payload))
+                    answer = _infill_answer("", {**choice, "finish_reason": finish}, event, payload, choices.limits)
+                    out.append(choices.llama.fields(answer))
         if kept:
             out.append({**event, "choices": kept} if shape == "text" else _chat_chunk(event, kept))
         return out
@@ -489,8 +527,14 @@ def _chat_order(choice: dict) -> dict:
     return {**{k: choice.get(k) for k in keys}, **{k: v for k, v in choice.items() if k not in keys}}
 
 
-def _infill_answer(content: str, choice: dict, data: dict, payload: dict) -> dict:
-    """llama.cpp's final /infill object from an upstream completions choice."""
+def _limits(llama) -> CompletionLimits:
+    if llama is None:
+        return CompletionLimits()
+    return CompletionLimits(llama.n_indent, llama.t_max_predict_ms, hidden=llama.n_predict == 0)
+
+
+def _infill_answer(content: str, choice: dict, data: dict, payload: dict, limits: CompletionLimits) -> dict:
+    """llama.cpp's final /infill or /completion object from an upstream completions choice."""
     finish = choice.get("finish_reason")
     usage = data.get("usage") or {}
     stopped_word = finish == "stop" and bool(payload.get("stop")) and choice.get("stop_reason") is not None
@@ -500,9 +544,10 @@ def _infill_answer(content: str, choice: dict, data: dict, payload: dict) -> dic
         "tokens": [],
         "stop": True,
         "model": data.get("model"),
-        "tokens_predicted": usage.get("completion_tokens"),
+        "tokens_predicted": 0 if limits.hidden else usage.get("completion_tokens"),
         "tokens_evaluated": usage.get("prompt_tokens"),
         "prompt": payload["prompt"],
+        "has_new_line": "\n" in limits.text,
         "truncated": False,
         "stop_type": "limit" if finish == "length" else "word" if stopped_word else "eos",
         "stopped_eos": finish == "stop" and not stopped_word,

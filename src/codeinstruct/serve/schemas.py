@@ -5,7 +5,7 @@ that would change the answer and that the engine cannot honour (tools, response_
 are refused with a 400 naming them rather than silently dropped (`refuse_unsupported`, called by
 the engine backend; the proxy passes completions options through to its upstream). `top_k`,
 `repetition_penalty` and `ignore_eos` are accepted as extensions, as vLLM does. Besides OpenAI's
-bodies: vLLM's `/tokenize` and `/detokenize` and llama.cpp's `/infill`.
+bodies: vLLM's `/tokenize` and `/detokenize` and llama.cpp's `/completion` and `/infill`.
 """
 
 from __future__ import annotations
@@ -264,16 +264,17 @@ class InfillExtra(BaseModel):
     text: str = ""
 
 
-class InfillRequest(BaseModel):
-    """llama.cpp's /infill: the code before and after the cursor, optional extra files, and what is
-    already typed of the middle (`prompt`); llama.cpp's sampling names."""
+class _LlamaRequest(BaseModel):
+    """What llama.cpp's native routes (/completion, /infill) share: its sampling names and defaults, and
+    its code-completion limits. `n_predict` 0 evaluates the prompt only (editors send it to warm the cache
+    with context they will send again); `t_max_predict_ms` ends the text once that long has passed since
+    its first token and a line is complete; `n_indent` ends it before the first new line indented less
+    than that many spaces or tabs (the line's own indentation is kept, as llama.cpp does);
+    `response_fields` keeps only the fields named of the final object, a nested one under its path
+    ("timings/prompt_n"), as llama.cpp does."""
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    input_prefix: str = ""
-    input_suffix: str = ""
-    input_extra: list[InfillExtra] = Field(default_factory=list)
-    prompt: str = ""
     n_predict: int = Field(-1, ge=-1)  # -1: up to the context
     temperature: float = Field(0.8, ge=0.0, le=2.0)  # llama.cpp's default
     top_k: int = Field(40, ge=0)
@@ -285,12 +286,58 @@ class InfillRequest(BaseModel):
     seed: int = -1  # -1: random
     stream: bool = False
     ignore_eos: bool = False
+    t_max_predict_ms: int = Field(0, ge=0)  # 0: no limit
+    n_indent: int = Field(0, ge=0)  # 0: no limit
+    response_fields: list[str] | None = None
 
     @property
     def n(self) -> int:
         return 1
 
-    @field_validator("n_predict", "temperature", "top_k", "top_p", "repeat_penalty", "seed", "stream", mode="before")
+    @field_validator(
+        "n_predict",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repeat_penalty",
+        "seed",
+        "stream",
+        "t_max_predict_ms",
+        "n_indent",
+        mode="before",
+    )
     @classmethod
     def _null_is_default(cls, value, info):
         return cls.model_fields[info.field_name].default if value is None else value
+
+    def fields(self, answer: dict) -> dict:
+        """`answer` as asked: whole, or only the `response_fields` it has (a missing one is left out)."""
+        if self.response_fields is None:
+            return answer
+        kept = {}
+        for path in self.response_fields:
+            value = answer
+            for key in path.split("/"):
+                if not isinstance(value, dict) or key not in value:
+                    break
+                value = value[key]
+            else:
+                kept[path] = value
+        return kept
+
+
+class InfillRequest(_LlamaRequest):
+    """llama.cpp's /infill: the code before and after the cursor, optional extra files, and what is
+    already typed of the middle (`prompt`)."""
+
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[InfillExtra] = Field(default_factory=list)
+    prompt: str = ""
+
+
+class LlamaCompletionRequest(_LlamaRequest):
+    """llama.cpp's /completion: a raw prompt, as text (special-token strings read as those tokens) or
+    token ids."""
+
+    prompt: str | list[int] = Field(min_length=1)
