@@ -53,8 +53,9 @@ def serve(
         InferenceDtype, typer.Option(help="the weights' dtype, converted as they load (auto: the checkpoint's own)")
     ] = "auto",
 ):
-    """OpenAI-compatible server (/v1/completions with FIM suffix, /v1/chat/completions, /v1/models) \
-and a playground at /."""
+    """OpenAI-compatible server (/v1/completions with FIM suffix, /v1/chat/completions, /v1/models), \
+vLLM's /tokenize and /detokenize, llama.cpp's /infill and /completion, Prometheus /metrics, and a \
+playground at /."""
     from codeinstruct.serve import ServerSettings, build_app, listen, run_server
 
     quiet_libraries()
