@@ -119,6 +119,24 @@ def test_chat_logprobs_come_in_the_chat_shape(server):
     assert content[0].bytes == list(content[0].token.encode())
 
 
+def test_chat_logprob_bytes_are_the_tokens_own_also_inside_a_character(server, engine):
+    """A token holding part of a character shows U+FFFD as text; its bytes are its own, so a client joining
+    the bytes of the answer's tokens gets the answer's text."""
+    tok = engine.tokenizer
+    first_byte = tok.convert_tokens_to_ids("Ã")  # byte-level BPE's symbol for 0xC3, the lead byte of "é"
+    r = client(server.url).chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Add two numbers."}],
+        max_tokens=1,
+        temperature=0,
+        logprobs=True,
+        logit_bias={str(first_byte): 100},
+        extra_body={"ignore_eos": True},
+    )
+    [entry] = r.choices[0].logprobs.content
+    assert entry.bytes == [0xC3] and entry.token == "\ufffd"
+
+
 @pytest.mark.parametrize(
     "options",
     [

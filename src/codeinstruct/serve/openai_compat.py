@@ -37,6 +37,7 @@ import uuid
 from functools import lru_cache
 
 from codeinstruct.infer.sampling import SamplingParams
+from codeinstruct.infer.streaming import _token_bytes_table
 from codeinstruct.prompts import (
     FIM_MIDDLE,
     FIM_PAD,
@@ -200,12 +201,22 @@ def merge_logprobs(a: dict | None, b: dict | None) -> dict | None:
     return {key: a[key] + b[key] for key in b}
 
 
+def token_bytes(tokenizer, token: int) -> list[int]:
+    """A generated token's own bytes: for a byte-level BPE, the bytes it stands for, also where they are part
+    of a character (whose text shows U+FFFD), so that a client joining the tokens' bytes gets the answer's
+    text; a special token has none; otherwise its text's UTF-8."""
+    table = _token_bytes_table(tokenizer)
+    if table is not None and 0 <= token < len(table):
+        own = table[token]
+        return [] if own is None else list(own)
+    return list(token_text(tokenizer, token).encode("utf-8"))
+
+
 def chat_logprobs(tokenizer, entries: list) -> dict:
     """OpenAI's chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
 
     def item(token: int, logprob: float) -> dict:
-        text = token_text(tokenizer, token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return {"token": token_text(tokenizer, token), "logprob": logprob, "bytes": token_bytes(tokenizer, token)}
 
     return {
         "content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]} for e in entries],
