@@ -130,3 +130,33 @@ def test_int8_products_agree_whichever_kernel_runs_them(onednn):
     assert torch.equal(torch.cat([layer(x[i : i + 1]) for i in range(9)]), out)
     exact = torch.nn.functional.linear(x, w, b)
     assert ((out - exact).abs().amax(1) / exact.abs().amax(1)).max() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_long_prefill_attends_as_transformers_does_whole_or_after_a_reused_prefix(tokenizer, monkeypatch, dtype):
+    """Prompts of 64 tokens or more attend through blocked matrix products (multi-query): the logits are
+    transformers' for the prompt fed at once and for its end fed after a prefix already in the cache."""
+    exact = tiny_model(tokenizer)
+    model = tiny_model(tokenizer).to(dtype)
+    assert model.config.multi_query
+    runner = GPTBigCodeRunner(model, 2, 512)
+    calls = []
+    blocked = GPTBigCodeRunner._multi_query_prefill
+    monkeypatch.setattr(
+        GPTBigCodeRunner, "_multi_query_prefill", lambda self, *a: calls.append(a[0].shape[0]) or blocked(self, *a)
+    )
+    ids = (tokenizer(" ".join(PROMPTS * 8), add_special_tokens=False)["input_ids"] * 4)[:203]
+    with torch.inference_mode():
+        truth = model(torch.tensor([ids])).logits[0].float()
+        error = (truth[-1] - exact(torch.tensor([ids])).logits[0, -1]).abs().max().item()
+        whole = runner.extend(0, 0, ids)
+        runner.extend(1, 0, ids[:70])
+        rest = runner.extend(1, 70, ids[70:])
+        followed = runner.decode([0, 1], [ids[5], ids[6]], [203, 203])
+        truth_next = [model(torch.tensor([ids + [t]])).logits[0, -1].float() for t in (ids[5], ids[6])]
+    assert calls == [203] * 2 + [70] * 2 + [133] * 2  # both layers, each prefill long enough to be blocked
+    # bfloat16: as close to transformers' as transformers' is to float32 (both round, along different paths)
+    tolerance = 1e-4 if dtype == torch.float32 else 2 * error + 1e-3
+    assert (whole - truth[-1]).abs().max() < tolerance
+    assert (rest - truth[-1]).abs().max() < tolerance
+    assert max((f - t).abs().max() for f, t in zip(followed, truth_next)) < tolerance

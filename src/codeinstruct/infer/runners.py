@@ -125,6 +125,15 @@ def _dense_layer(weights: list[torch.Tensor], batch: int):
     return lambda weight, bias: _OneDNN(weight, bias, pack=pack, batch=batch)
 
 
+_BLOCKED_PREFILL_MIN = 64  # new tokens from which a multi-query prefill's attention runs as blocked products
+_BLOCKED_PREFILL_ROWS = 64  # query rows per block
+
+
+def _mkldnn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T through oneDNN (float32, both contiguous)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
 _ONEDNN_INT8_MIN = 1 << 20  # weights (elements) from which oneDNN's int8 matmul beats torch._int_mm at batch 1
 
 
@@ -209,6 +218,7 @@ class GPTBigCodeRunner:
                 matrices, min(max(slots, 8), 32)
             )  # the layout oneDNN picks for batch 1 only is slower for all
         self.weights = weights
+        self._onednn = t.wte.weight.device.type == "cpu" and _OneDNN.usable(t.wte.weight.float())
         self.wte, self.wpe = t.wte.weight, t.wpe.weight
         self.lm_head = linear(model.lm_head.weight, None)
         self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
@@ -281,23 +291,56 @@ class GPTBigCodeRunner:
         mask = None
         if start:
             mask = (self._positions[:end][None, :] <= pos[:, None])[None, None]
+        blocked = self.multi_query and self._onednn and n >= _BLOCKED_PREFILL_MIN
         for i, blk in enumerate(self.blocks):
             ln1, attn_w = blk[0], blk[1]
             h = F.layer_norm(x, (self.embed,), ln1[0], ln1[1], ln1[2])
             q, k, v = self._split(attn_w(h))
             self.k[i][slot, :, start:end] = k.transpose(0, 1)
             self.v[i][slot, :, start:end] = v.transpose(0, 1)
-            out = F.scaled_dot_product_attention(
-                q.transpose(0, 1)[None],
-                self.k[i][slot : slot + 1, :, :end],
-                self.v[i][slot : slot + 1, :, :end],
-                attn_mask=mask,
-                is_causal=mask is None,
-                scale=self.scale,
-                enable_gqa=self.kv_heads != self.heads,
-            )
-            x = self._mlp_and_residual(x, out[0].transpose(0, 1).reshape(n, self.embed), i)
+            if blocked:
+                attn = self._multi_query_prefill(q, self.k[i][slot, 0, :end], self.v[i][slot, 0, :end], start)
+            else:
+                out = F.scaled_dot_product_attention(
+                    q.transpose(0, 1)[None],
+                    self.k[i][slot : slot + 1, :, :end],
+                    self.v[i][slot : slot + 1, :, :end],
+                    attn_mask=mask,
+                    is_causal=mask is None,
+                    scale=self.scale,
+                    enable_gqa=self.kv_heads != self.heads,
+                )
+                attn = out[0].transpose(0, 1).reshape(n, self.embed)
+            x = self._mlp_and_residual(x, attn, i)
         return self._logits(x[-1:])[0]
+
+    def _multi_query_prefill(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int):
+        """Causal attention of `n` new queries (q [n, heads, D], at positions start..) over one KV head's
+        keys and values [start + n, D], as matrix products through oneDNN: the queries of every head against
+        the one KV head form a single product, taken in blocks of query rows, each against the keys up to its
+        last row (so about half of a causal square is computed), the block's own diagonal masked. torch's CPU
+        flash attention took 5.2 ms for 512 positions here (12 heads of 64), this about 2-3.5; -> [n, E]."""
+        n, heads, d = q.shape
+        dtype = q.dtype
+        q = q.float() * self.scale
+        keys, values_t = keys.float(), values.float().t()
+        out = torch.empty((n, heads, d), dtype=torch.float32, device=q.device)
+        step = _BLOCKED_PREFILL_ROWS
+        diagonal = self._diagonal(step)
+        for s0 in range(0, n, step):
+            e = min(n, s0 + step)
+            rows, seen = e - s0, start + e
+            scores = _mkldnn_linear(q[s0:e].reshape(rows * heads, d), keys[:seen]).view(rows, heads, seen)
+            scores[:, :, start + s0 : seen].add_(diagonal[:rows, None, :rows])
+            weights = torch.softmax(scores, -1).view(rows * heads, seen)
+            out[s0:e] = _mkldnn_linear(weights, values_t[:, :seen].contiguous()).view(rows, heads, d)
+        return out.view(n, heads * d).to(dtype)
+
+    def _diagonal(self, size: int) -> torch.Tensor:
+        """[size, size]: 0 on and below the diagonal, -inf above (a block's queries against its own keys)."""
+        if getattr(self, "_diag", None) is None or self._diag.shape[0] != size:
+            self._diag = torch.full((size, size), float("-inf"), device=self.device).triu_(1)
+        return self._diag
 
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         """One token for each of `slots` at `positions`: logits [B, V]."""

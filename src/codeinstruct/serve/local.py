@@ -628,7 +628,7 @@ class LocalModel:
         def final(text: str, finish: str | None) -> dict:
             handle = generation.handles[0]
             seq = handle.sequences[0]
-            if limits.cut:
+            if limits.cut or limits.hidden:
                 finish = "length"
             stopped_word = finish == "stop" and handle.params.stop and seq.stream.stopped
             stopped_eos = finish == "stop" and not stopped_word
