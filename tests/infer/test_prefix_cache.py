@@ -42,3 +42,17 @@ def test_a_repeated_prompt_recomputes_only_its_last_token(tokenizer):
     again = engine.generate([prompt], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
     assert again.choices[0].token_ids == first.choices[0].token_ids
     assert engine.prefix_tokens_reused == first.prompt_tokens - 1
+
+
+def test_by_default_a_prompt_is_found_again_after_dozens_of_others(tokenizer):
+    """A benchmark's or an eval harness's rounds send earlier prompts again after many others: by default
+    the engine keeps as many prompts as 1 GiB of slots holds (here, with a tiny model, 64)."""
+    engine = Engine(tiny_model(tokenizer), tokenizer, max_batch_size=4)
+    assert len(engine._prefixes) == 64
+    prompts = [f"{i} " + " ".join(str(i * j) for j in range(2, 12)) for i in range(40)]
+    params = SamplingParams(max_new_tokens=2, ignore_eos=True)
+    firsts = engine.generate(prompts, params)
+    before = engine.prefix_tokens_reused
+    again = engine.generate(prompts, params)
+    assert [o.choices[0].token_ids for o in again] == [o.choices[0].token_ids for o in firsts]
+    assert engine.prefix_tokens_reused - before == sum(o.prompt_tokens - 1 for o in firsts)

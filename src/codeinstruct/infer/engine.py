@@ -58,6 +58,20 @@ class _Prefix:
     used: int = 0
 
 
+PREFIX_CACHE_BYTES = 1 << 30  # what the kept prompts' slots may take by default
+MAX_PREFIX_SLOTS = 64
+
+
+def _auto_prefix_slots(model, max_len: int, weights: str) -> int:
+    """How many prompts to keep: as many slots as fit in PREFIX_CACHE_BYTES, from 4 to MAX_PREFIX_SLOTS (a
+    server sees prompts again: an eval harness's, an editor's file, a benchmark's earlier rounds)."""
+    cfg = model.config
+    kv_heads = 1 if getattr(cfg, "multi_query", False) else cfg.n_head
+    element = 4 if weights == "int8" else model.get_input_embeddings().weight.element_size()
+    slot = cfg.n_layer * 2 * kv_heads * max_len * (cfg.n_embd // cfg.n_head) * element
+    return max(4, min(MAX_PREFIX_SLOTS, PREFIX_CACHE_BYTES // max(slot, 1)))
+
+
 def _common_length(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -79,11 +93,11 @@ class Engine:
         max_tokens_per_step: int = 1024,
         max_seq_len: int | None = None,
         weights: str = "dense",
-        prefix_slots: int = 4,
+        prefix_slots: int | None = None,
     ):
         """`weights="int8"` runs a float32 GPTBigCode model's matrices in int8 (runners.GPTBigCodeRunner).
         `prefix_slots` extra cache slots keep recent prompts, whose shared beginnings later prompts reuse
-        instead of computing them again (GPTBigCode only; 0: off)."""
+        instead of computing them again (GPTBigCode only; 0: off; None: as many as take 1 GiB, from 4 to 64)."""
         if max_batch_size < 1 or max_tokens_per_step < 1:
             raise CodeinstructError("max_batch_size and max_tokens_per_step must be at least 1")
         context = context_length(model.config)
@@ -94,7 +108,10 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_tokens_per_step = max_tokens_per_step
         # prompts' KV kept in slots past the batch's, for prefix reuse; only where a slot copy is cheap
-        prefix_slots = prefix_slots if model.config.model_type == "gpt_bigcode" else 0
+        if model.config.model_type != "gpt_bigcode":
+            prefix_slots = 0
+        elif prefix_slots is None:
+            prefix_slots = _auto_prefix_slots(model, self.max_seq_len, weights)
         self.runner: ModelRunner = runner_for(model, max_batch_size + prefix_slots, self.max_seq_len, weights=weights)
         self._prefixes = [_Prefix(max_batch_size + i) for i in range(prefix_slots)]
         self._prefix_uses = itertools.count(1)
