@@ -218,7 +218,9 @@ class GPTBigCodeRunner:
                 matrices, min(max(slots, 8), 32)
             )  # the layout oneDNN picks for batch 1 only is slower for all
         self.weights = weights
-        self._onednn = t.wte.weight.device.type == "cpu" and _OneDNN.usable(t.wte.weight.float())
+        # float32 products through oneDNN (the blocked prefill attention computes in float32)
+        self._onednn = _OneDNN.usable(torch.zeros((), device=t.wte.weight.device))
+        self._diag: torch.Tensor | None = None
         self.wte, self.wpe = t.wte.weight, t.wpe.weight
         self.lm_head = linear(model.lm_head.weight, None)
         self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
@@ -288,10 +290,10 @@ class GPTBigCodeRunner:
         end = start + n
         pos = self._positions[start:end]
         x = self.wte[torch.tensor(ids, device=self.device)] + self.wpe[pos]
-        mask = None
-        if start:
-            mask = (self._positions[:end][None, :] <= pos[:, None])[None, None]
         blocked = self.multi_query and self._onednn and n >= _BLOCKED_PREFILL_MIN
+        mask = None
+        if start and not blocked:
+            mask = (self._positions[:end][None, :] <= pos[:, None])[None, None]
         for i, blk in enumerate(self.blocks):
             ln1, attn_w = blk[0], blk[1]
             h = F.layer_norm(x, (self.embed,), ln1[0], ln1[1], ln1[2])
@@ -338,7 +340,7 @@ class GPTBigCodeRunner:
 
     def _diagonal(self, size: int) -> torch.Tensor:
         """[size, size]: 0 on and below the diagonal, -inf above (a block's queries against its own keys)."""
-        if getattr(self, "_diag", None) is None or self._diag.shape[0] != size:
+        if self._diag is None or self._diag.shape[0] != size:
             self._diag = torch.full((size, size), float("-inf"), device=self.device).triu_(1)
         return self._diag
 
