@@ -132,6 +132,8 @@ def test_response_fields_keep_only_what_is_named(server):
     answer = post(server, "/infill", {"input_prefix": "x = ", "n_predict": 3, "response_fields": fields})
     assert set(answer) == {"content", "timings/prompt_n", "timings/predicted_n", "stop_type"}
     assert answer["timings/prompt_n"] > 0 and answer["timings/predicted_n"] >= 1
+    whole = post(server, "/infill", {"input_prefix": "x = ", "n_predict": 3, "response_fields": []})
+    assert {"content", "stop", "timings", "tokens_predicted"} <= set(whole)  # an empty list keeps everything
 
 
 def test_a_model_is_retrieved_by_id(server):

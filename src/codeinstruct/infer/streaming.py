@@ -25,7 +25,7 @@ def _byte_decoder() -> dict[str, int]:
 
 
 @lru_cache(maxsize=8)
-def _token_bytes_table(tokenizer) -> tuple[bytes | None, ...] | None:
+def token_bytes_table(tokenizer) -> tuple[bytes | None, ...] | None:
     """Each token's bytes for a byte-level BPE tokenizer (None for special tokens); None otherwise."""
     try:
         decoder = tokenizer.backend_tokenizer.decoder
@@ -53,7 +53,7 @@ class Detokenizer:
         self.tokenizer = tokenizer
         self.skip_special = skip_special_tokens
         self.special = frozenset(tokenizer.all_special_ids)
-        self.table = _token_bytes_table(tokenizer)
+        self.table = token_bytes_table(tokenizer)
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.ids: list[int] = []  # generic path: ids not yet fully emitted
         self.prefix_offset = 0

@@ -37,7 +37,7 @@ import uuid
 from functools import lru_cache
 
 from codeinstruct.infer.sampling import SamplingParams
-from codeinstruct.infer.streaming import _token_bytes_table
+from codeinstruct.infer.streaming import token_bytes_table
 from codeinstruct.prompts import (
     FIM_MIDDLE,
     FIM_PAD,
@@ -205,7 +205,7 @@ def token_bytes(tokenizer, token: int) -> list[int]:
     """A generated token's own bytes: for a byte-level BPE, the bytes it stands for, also where they are part
     of a character (whose text shows U+FFFD), so that a client joining the tokens' bytes gets the answer's
     text; a special token has none; otherwise its text's UTF-8."""
-    table = _token_bytes_table(tokenizer)
+    table = token_bytes_table(tokenizer)
     if table is not None and 0 <= token < len(table):
         own = table[token]
         return [] if own is None else list(own)

@@ -311,8 +311,9 @@ class _LlamaRequest(BaseModel):
         return cls.model_fields[info.field_name].default if value is None else value
 
     def fields(self, answer: dict) -> dict:
-        """`answer` as asked: whole, or only the `response_fields` it has (a missing one is left out)."""
-        if self.response_fields is None:
+        """`answer` as asked: whole (no `response_fields`, or an empty list, as llama.cpp reads it), or only
+        the fields named that it has (a missing one is left out)."""
+        if not self.response_fields:
             return answer
         kept = {}
         for path in self.response_fields:
