@@ -163,6 +163,9 @@ def test_infill_and_tokenizer_routes_through_the_proxy(proxy, stub):
     ) as s:
         events = sse_events(s)
     assert events[-1]["stop"] is True and "".join(e["content"] for e in events) == answer["content"]
+    # the counts come from the upstream's usage chunk, asked for and answered after the last text
+    assert stub.stub.bodies[-1]["stream_options"] == {"include_usage": True}
+    assert events[-1]["tokens_predicted"] == len(events) - 1 and events[-1]["tokens_evaluated"] > 0
     t = httpx.post(proxy.url + "/tokenize", json={"prompt": "ab"}, timeout=30).json()
     assert t["tokens"] == [97, 98] and stub.stub.bodies[-1]["path"] == "/tokenize"
     chat_tokens = httpx.post(proxy.url + "/tokenize", json={"messages": MESSAGES}, timeout=30).json()
@@ -190,3 +193,9 @@ def test_llama_cpps_completion_route_and_limits_through_the_proxy(proxy, stub):
     warm = httpx.post(proxy.url + "/infill", json={"input_prefix": "a", "n_predict": 0}, timeout=30).json()
     assert stub.stub.bodies[-1]["max_tokens"] == 1
     assert warm["content"] == "" and warm["tokens_predicted"] == 0 and warm["stop_type"] == "limit"
+
+
+def test_a_model_is_retrieved_by_id_from_the_upstreams_list(proxy):
+    r = httpx.get(proxy.url + "/v1/models/starcoder-stub", timeout=30)
+    assert r.status_code == 200 and r.json()["owned_by"] == "vllm"
+    assert httpx.get(proxy.url + "/v1/models/other", timeout=30).status_code == 404

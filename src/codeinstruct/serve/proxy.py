@@ -106,6 +106,15 @@ class _Choices:
         self.answers: dict[int, ResponseStream] = {}  # chat: extract_response as a stream, per choice
         self.llama = None  # infill shape: the llama.cpp-native request, whose limits cut the text
         self.limits = CompletionLimits()
+        self.final: dict | None = None  # infill shape: the finished choice, answered once usage is known
+
+    def take_final(self, payload: dict, usage_event: dict | None = None) -> list[dict]:
+        """Infill shape: llama.cpp's final object for the finished choice (counts from the upstream's usage
+        chunk, which comes after it when the upstream reports usage), once."""
+        if self.final is None:
+            return []
+        choice, self.final = self.final, None
+        return [self.llama.fields(_infill_answer("", choice, usage_event or {}, payload, self.limits))]
 
     def text(self, index: int) -> str:
         return self.filters[index].visible if index in self.filters else ""
@@ -218,14 +227,14 @@ class UpstreamModel:
         headers = {"Retry-After": r.headers["retry-after"]} if "retry-after" in r.headers else None
         return JSONResponse(data, status_code=r.status_code, headers=headers)
 
-    async def models(self) -> Response:
+    async def models(self) -> dict | Response:
         try:
             r = await self.client.get("/models")
         except httpx.HTTPError as e:
             raise self._unreachable(e) from None
         if r.status_code != 200:
             return await self._error_from(r)
-        return JSONResponse(r.json())
+        return r.json()
 
     async def _post_root(self, path: str, payload: dict) -> Response:
         """A request to the upstream's root (vLLM's tokenizer routes), answered as the upstream answers it."""
@@ -294,6 +303,8 @@ class UpstreamModel:
             "ignore_eos": body.ignore_eos,
             "stream": body.stream,
         }
+        if body.stream:  # the counts of llama.cpp's final object
+            payload["stream_options"] = {"include_usage": True}
         if body.model is not None:
             payload["model"] = body.model
         return await self._forward(request, payload, body.stream, tuple(body.stop), 1, "infill", llama=body)
@@ -439,6 +450,8 @@ class UpstreamModel:
                     continue  # comments, other fields, keep-alive blank lines
                 data, data_lines = "\n".join(data_lines), []
                 if data.strip() == "[DONE]":
+                    for out in choices.take_final(payload):
+                        yield oa.sse(out)
                     yield done
                     return
                 try:
@@ -448,6 +461,8 @@ class UpstreamModel:
                 for out in await self._rewrite(event, choices, shape, payload):
                     yield oa.sse(out)
                 if choices.all_stopped_here:
+                    for out in choices.take_final(payload):
+                        yield oa.sse(out)
                     yield done  # the upstream request is closed by the clean-up, freeing its slots
                     return
         except httpx.HTTPError as e:
@@ -463,7 +478,7 @@ class UpstreamModel:
             if shape == "chat" and isinstance(event, dict) and "error" not in event:
                 return [{**event, "object": "chat.completion.chunk"}]  # usage-only chunks
             if shape == "infill" and isinstance(event, dict) and "error" not in event:
-                return []
+                return choices.take_final(payload, event) if event.get("usage") else []
             return [event]
         out: list[dict] = []
         kept = []
@@ -509,10 +524,11 @@ class UpstreamModel:
                 if shown:
                     out.append({"index": 0, "content": shown, "tokens": [], "stop": False})
                 if finish is not None:
-                    answer = _infill_answer("", {**choice, "finish_reason": finish}, event, payload, choices.limits)
-                    out.append(choices.llama.fields(answer))
+                    choices.final = {**choice, "finish_reason": finish}
         if kept:
             out.append({**event, "choices": kept} if shape == "text" else _chat_chunk(event, kept))
+        if shape == "infill" and event.get("usage"):  # usage in the finishing chunk itself
+            out += choices.take_final(payload, event)
         return out
 
 
