@@ -69,6 +69,13 @@ def server(engine):
         yield s
 
 
+def metric(server, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
 def post(server, path: str, body: dict) -> dict:
     r = httpx.post(server.url + path, json=body, timeout=60)
     assert r.status_code == 200, r.text
@@ -76,13 +83,16 @@ def post(server, path: str, body: dict) -> dict:
 
 
 def test_completion_is_the_raw_prompts_completion_in_llama_cpps_shape(server, engine):
-    prompt = "def add(a, b):\n"
+    prompt = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n"
     openai = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True})
     answer = post(server, "/completion", {"prompt": prompt, "n_predict": 12, "temperature": 0, "ignore_eos": True})
     assert answer["content"] == openai["choices"][0]["text"]
     assert answer["tokens_predicted"] == 12 and answer["stop_type"] == "limit" and answer["stopped_limit"] is True
     assert answer["tokens_evaluated"] == openai["usage"]["prompt_tokens"]
-    assert answer["timings"]["predicted_n"] == 12 and answer["timings"]["prompt_n"] == answer["tokens_evaluated"]
+    assert answer["timings"]["predicted_n"] == 12
+    # the same prompt came just before (through /v1/completions): all but its last token come from the cache
+    assert answer["tokens_cached"] == answer["timings"]["cache_n"] == answer["tokens_evaluated"] - 1
+    assert answer["timings"]["prompt_n"] == 1
     ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     by_ids = post(server, "/completions", {"prompt": ids, "n_predict": 12, "temperature": 0, "ignore_eos": True})
     assert by_ids["content"] == answer["content"]
@@ -122,9 +132,13 @@ def test_infill_with_n_predict_zero_warms_the_cache_for_the_next_request(server,
     warm = post(server, "/infill", {"input_extra": extra, "input_prefix": "", "input_suffix": "", "n_predict": 0})
     assert warm["content"] == "" and warm["tokens_predicted"] == 0 and warm["stop_type"] == "limit"
     before = engine.prefix_tokens_reused
+    hits = metric(server, "codeinstruct_prefix_cache_hit_tokens_total")
     body = {"input_extra": extra, "input_prefix": "y = helper(", "input_suffix": ")\n", "n_predict": 4}
-    post(server, "/infill", body)
-    assert engine.prefix_tokens_reused - before >= len(engine.tokenizer(extra[0]["text"])["input_ids"])
+    answer = post(server, "/infill", body)
+    reused = engine.prefix_tokens_reused - before
+    assert reused >= len(engine.tokenizer(extra[0]["text"])["input_ids"])
+    assert answer["tokens_cached"] == answer["timings"]["cache_n"] == reused  # what llama.vscode shows
+    assert metric(server, "codeinstruct_prefix_cache_hit_tokens_total") - hits == reused
 
 
 def test_response_fields_keep_only_what_is_named(server):

@@ -410,7 +410,7 @@ class Engine:
             return
         self.runner.copy(best.slot, r.sequences[0].slot, length)
         best.used = next(self._prefix_uses)
-        r.prefilled = length
+        r.prefilled = r.prefix_reused = length
         self.prefix_tokens_reused += length
 
     def _keep_prefix(self, r: RequestHandle) -> None:

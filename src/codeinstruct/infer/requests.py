@@ -125,6 +125,7 @@ class RequestHandle:
         self.prompt_ids = prompt_ids
         self.params = params
         self.prefilled = 0
+        self.prefix_reused = 0  # prompt tokens whose keys and values came from a kept prompt
         first = params.first_sample
         self.sequences = [Sequence(self, first + i, engine.tokenizer, engine.device) for i in range(params.n)]
         # The engine only ever calls events.put(event), then put(None) at the end; a caller may pass its own

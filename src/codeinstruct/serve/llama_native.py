@@ -55,13 +55,14 @@ class CompletionLimits:
         return len(text)
 
 
-def timings(prompt_n: int, prompt_ms: float, predicted_n: int, predicted_ms: float) -> dict:
-    """llama.cpp's `timings` object."""
+def timings(prompt_n: int, cache_n: int, prompt_ms: float, predicted_n: int, predicted_ms: float) -> dict:
+    """llama.cpp's `timings` object: `prompt_n` prompt tokens computed, `cache_n` taken from the cache."""
 
     def per_second(n: int, ms: float) -> float | None:
         return n / (ms / 1000) if ms > 0 else None
 
     return {
+        "cache_n": cache_n,
         "prompt_n": prompt_n,
         "prompt_ms": prompt_ms,
         "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else None,

@@ -386,6 +386,7 @@ class LocalModel:
     def _finish(self, generation: Generation) -> None:
         if generation in self.live and self.metrics is not None:
             self.metrics.prompt_tokens.inc(generation.prompt_tokens)
+            self.metrics.prefix_hits.inc(sum(h.prefix_reused for h in generation.handles))
             for h in generation.handles:
                 for s in h.sequences:
                     self.metrics.sequence_done(h.submitted_at, list(s.token_times))
@@ -651,9 +652,10 @@ class LocalModel:
                 "stopped_word": bool(stopped_word),
                 "stopped_limit": finish == "length",
                 "stopping_word": handle.params.stop[0] if stopped_word and len(handle.params.stop) == 1 else "",
-                "tokens_cached": 0,
+                "tokens_cached": handle.prefix_reused,
                 "timings": timings(
-                    len(handle.prompt_ids),
+                    len(handle.prompt_ids) - handle.prefix_reused,
+                    handle.prefix_reused,
                     (first - started) * 1000,
                     predicted,
                     0.0 if limits.hidden else (time.perf_counter() - first) * 1000,

@@ -2,6 +2,7 @@
 
     codeinstruct_requests_total{endpoint, status}     HTTP requests answered, by route and status code
     codeinstruct_prompt_tokens_total                  prompt tokens fed to the engine
+    codeinstruct_prefix_cache_hit_tokens_total        of those, tokens whose keys and values a kept prompt gave
     codeinstruct_generation_tokens_total              tokens generated
     codeinstruct_requests_waiting                     engine requests admitted, not yet decoding
     codeinstruct_requests_running                     sequences decoding (engine) / upstream requests (proxy)
@@ -30,6 +31,9 @@ class ServerMetrics:
         r = self.registry
         self.requests = Counter("codeinstruct_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.prompt_tokens = Counter("codeinstruct_prompt_tokens", "Prompt tokens fed to the engine", registry=r)
+        self.prefix_hits = Counter(
+            "codeinstruct_prefix_cache_hit_tokens", "Prompt tokens taken from a kept prompt's cache", registry=r
+        )
         self.generation_tokens = Counter("codeinstruct_generation_tokens", "Tokens generated", registry=r)
         self.waiting = Gauge("codeinstruct_requests_waiting", "Requests admitted, not yet decoding", registry=r)
         self.running = Gauge(
