@@ -103,16 +103,20 @@ def test_streamed_logprobs_cover_every_generated_token(server):
     assert len(tokens) == 8 and "".join(tokens) == "".join(e["choices"][0]["text"] for e in events)
 
 
-def test_chat_logprobs_come_in_the_chat_shape(server):
-    r = client(server.url).chat.completions.create(
+def greedy_chat_with_logprobs(server, max_tokens: int, **options):
+    return client(server.url).chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "Add two numbers."}],
-        max_tokens=5,
+        max_tokens=max_tokens,
         temperature=0,
         logprobs=True,
-        top_logprobs=2,
         extra_body={"ignore_eos": True},
+        **options,
     )
+
+
+def test_chat_logprobs_come_in_the_chat_shape(server):
+    r = greedy_chat_with_logprobs(server, 5, top_logprobs=2)
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens == 5
     assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content)
@@ -124,15 +128,7 @@ def test_chat_logprob_bytes_are_the_tokens_own_also_inside_a_character(server, e
     the bytes of the answer's tokens gets the answer's text."""
     tok = engine.tokenizer
     first_byte = tok.convert_tokens_to_ids("Ã")  # byte-level BPE's symbol for 0xC3, the lead byte of "é"
-    r = client(server.url).chat.completions.create(
-        model="tiny",
-        messages=[{"role": "user", "content": "Add two numbers."}],
-        max_tokens=1,
-        temperature=0,
-        logprobs=True,
-        logit_bias={str(first_byte): 100},
-        extra_body={"ignore_eos": True},
-    )
+    r = greedy_chat_with_logprobs(server, 1, logit_bias={str(first_byte): 100})
     [entry] = r.choices[0].logprobs.content
     assert entry.bytes == [0xC3] and entry.token == "\ufffd"
 
