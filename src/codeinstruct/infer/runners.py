@@ -13,6 +13,7 @@ transformers forward with one cache per sequence.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import Protocol
 
@@ -20,6 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from codeinstruct.errors import CodeinstructError
+from codeinstruct.infer import native
+from codeinstruct.infer.native import quantize_rows
+
+log = logging.getLogger(__name__)
 
 
 class ModelRunner(Protocol):
@@ -155,8 +160,7 @@ class _Int8:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, onednn: bool | None = None):
         w = weight.detach().float()
-        self.scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
-        q = (w / self.scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        q, self.scale = quantize_rows(w)
         self.bias = None if bias is None else bias.detach().float()
         self.packed = self.weight = None
         if onednn is None:  # oneDNN's call costs more (~30 us here against ~15): it pays on large matrices
@@ -199,7 +203,7 @@ class GPTBigCodeRunner:
     """GPTBigCode forward over a static KV cache, reading the transformers model's weights in place
     (`weights="dense"`, in the model's dtype) or an int8 copy of its matrices (`"int8"`, fp32 elsewhere)."""
 
-    def __init__(self, model, slots: int, max_len: int, weights: str = "dense"):
+    def __init__(self, model, slots: int, max_len: int, weights: str = "dense", native: bool | None = None):
         from transformers.activations import ACT2FN
 
         if weights not in WEIGHT_FORMATS:
@@ -260,6 +264,26 @@ class GPTBigCodeRunner:
         self.vocab_size = self.wte.shape[0]
         self.max_len = max_len
         self._positions = torch.arange(max_len, device=dev)
+        self.activation = cfg.activation_function
+        self.inner = cfg.n_inner or 4 * cfg.n_embd
+        self.native = self._native_decoder(model, weights) if native is not False else None
+
+    def _native_decoder(self, model, weights: str):
+        """The native decode step (infer/native.py) where it runs this model here, else None (torch's)."""
+        why = native.unsupported(self, weights)
+        if why is None:
+            per_weight = {"int8": 1, "dense": self.wte.element_size()}[weights]
+            matrices = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".weight") and p.dim() == 2)
+            try:
+                memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError, AttributeError):
+                memory = 0
+            if matrices * per_weight > memory // 4:
+                why = "its packed copy would take over a quarter of the memory"
+        if why is not None:
+            log.debug("native decode step not used: %s", why)
+            return None
+        return native.NativeDecoder(self, model, weights)
 
     @property
     def cache_bytes(self) -> int:
@@ -346,6 +370,8 @@ class GPTBigCodeRunner:
 
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         """One token for each of `slots` at `positions`: logits [B, V]."""
+        if self.native is not None:
+            return self.native.decode(slots, tokens, positions)
         b, g, d = len(slots), self.heads // self.kv_heads, self.head_dim
         dev = self.device
         length = max(positions) + 1
