@@ -133,9 +133,7 @@ def _load() -> ctypes.CDLL | None:
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                subprocess.run(
-                    [compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=300
-                )
+                subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=300)
                 os.replace(tmp, target)  # whole or not at all: a concurrent build writes the same bytes
             finally:
                 if os.path.exists(tmp):
