@@ -173,6 +173,7 @@ def main() -> None:
                 "engine_cpu_ms_per_token": engine_ms,
                 "cpu_ratio": llama_ms / engine_ms,
                 "greedy_tokens_equal": same,
+                "engine_native_step": getattr(engine.runner, "native", None) is not None,
             }
             rows.append(row)
             print(
@@ -181,7 +182,7 @@ def main() -> None:
                 f"  ratio {row['ratio']:5.2f}x   prefill tok/s: llama.cpp {row['llama_prefill_tok_s']:7.0f}, "
                 f"engine {row['engine_prefill_tok_s']:7.0f}   CPU ms/token: llama.cpp {llama_ms:6.2f}, "
                 f"engine {engine_ms:6.2f} (ratio {row['cpu_ratio']:5.2f}x)   same greedy tokens "
-                f"{same}/{args.new_tokens}",
+                f"{same}/{args.new_tokens}   native step {'on' if row['engine_native_step'] else 'off'}",
                 flush=True,
             )
             del llm, engine

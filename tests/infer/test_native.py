@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPTBigCodeConfig
 
 from codeinstruct.infer import native
+from codeinstruct.infer.engine import Engine
+from codeinstruct.infer.sampling import SamplingParams
 from codeinstruct.infer.runners import GPTBigCodeRunner, _Int8
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="the native step is not built here (no AVX-512 or cc)")
@@ -104,11 +106,19 @@ def test_decode_steps_match_the_torch_forward_and_rows_do_not_see_their_batch(na
                     assert torch.allclose(mine, ref, atol=tol * ref.abs().max().item())
 
 
-def test_it_stays_off_where_it_cannot_run(monkeypatch):
-    """Another activation, float16, or CODEINSTRUCT_NATIVE=0: the torch forward, unchanged."""
+def test_it_stays_off_where_it_cannot_run(monkeypatch, tokenizer):
+    """Another activation, float16, or CODEINSTRUCT_NATIVE=0: the torch forward, unchanged; the engine says which."""
     assert GPTBigCodeRunner(_model(True, torch.float32, "gelu"), 2, 64).native is None  # erf GELU: not native
     assert GPTBigCodeRunner(_model(True, torch.float16), 2, 64).native is None
+    model = _model(True, torch.float32)
+    model.resize_token_embeddings(len(tokenizer))
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    engine = Engine(model, tokenizer, max_batch_size=2)
+    assert engine.decode_path == "native"
+    fast = engine.generate(["def f(x):"], params)[0].choices[0].token_ids
     monkeypatch.setenv("CODEINSTRUCT_NATIVE", "0")
     monkeypatch.setattr(native, "_LIB", False)
     assert native.library() is None
-    assert GPTBigCodeRunner(_model(True, torch.float32), 2, 64).native is None
+    engine = Engine(model, tokenizer, max_batch_size=2)
+    assert engine.decode_path == "torch"
+    assert engine.generate(["def f(x):"], params)[0].choices[0].token_ids == fast  # greedy: the same tokens

@@ -80,8 +80,10 @@ playground at /."""
             )
         address = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
         what = f"{model}" if model else f"a proxy for {upstream}"
+        engine = getattr(server.state.backend, "engine", None)
         console.print(
             f"serving {what} at {address}/v1 (playground: {address}/)"
+            + (f"; decode steps: {engine.decode_path}" if engine is not None else "")
             + (f"; attribution from {attribution_index}" if attribution_index else ""),
             highlight=False,
             soft_wrap=True,

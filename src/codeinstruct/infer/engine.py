@@ -239,6 +239,12 @@ class Engine:
             return bool(self._waiting or self._prefilling or self._running)
 
     @property
+    def decode_path(self) -> str:
+        """How decode steps run: "native" (the C step of infer/native.py) or "torch" (the runner's forward)."""
+        runner = getattr(self.runner, "base", self.runner)
+        return "native" if getattr(runner, "native", None) is not None else "torch"
+
+    @property
     def adapters(self) -> tuple[str, ...]:
         """Names of the LoRA adapters requests may choose (`SamplingParams.adapter`; infer/lora.py loads them)."""
         return tuple(getattr(self.runner, "adapters", ()))
