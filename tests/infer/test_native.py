@@ -49,7 +49,7 @@ def test_products_agree_with_a_float64_reference(name, gelu):
 
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_a_row_is_the_same_whatever_rows_are_beside_it(name):
-    """1 to 9 rows (the 4-row blocks and every remainder): each row equals that row multiplied alone."""
+    """1 to 9 rows (blocks of 4 and 6 rows and every remainder): each row equals that row multiplied alone."""
     _int8_ready(name)
     g = torch.Generator().manual_seed(2)
     layer = native.PackedLinear(torch.randn(192, 64, generator=g), torch.randn(192, generator=g), FORMATS[name])
@@ -122,3 +122,20 @@ def test_it_stays_off_where_it_cannot_run(monkeypatch, tokenizer):
     engine = Engine(model, tokenizer, max_batch_size=2)
     assert engine.decode_path == "torch"
     assert engine.generate(["def f(x):"], params)[0].choices[0].token_ids == fast  # greedy: the same tokens
+
+
+def test_a_failed_build_leaves_the_torch_forward(monkeypatch, tmp_path):
+    """A compiler that fails (or is missing): no library, no error, nothing half-written in the cache."""
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("CODEINSTRUCT_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_LIB", False)
+    assert native.library() is None
+    assert GPTBigCodeRunner(_model(True, torch.float32), 2, 64).native is None
+    assert list((tmp_path / "native").iterdir()) == []
+
+
+def test_indices_out_of_range_are_refused():
+    runner = GPTBigCodeRunner(_model(True, torch.float32), 2, 64)
+    for slots, tokens, positions in (([2], [1], [0]), ([0], [300], [0]), ([0], [1], [64]), ([0], [-1], [0])):
+        with pytest.raises(IndexError):
+            runner.decode(slots, tokens, positions)

@@ -144,6 +144,7 @@ static inline void epilogue(__m512 v, const Linear *L, int col, float *out, int 
         for (int k = 0; k < L->k; k++, w += PANEL) {                                                         \
             PREFETCH(w);                                                                                     \
             __m512 w0 = LOADW(w), w1 = LOADW(w + 16), w2 = LOADW(w + 32), w3 = LOADW(w + 48);                \
+            __asm__("" : "+v"(w0), "+v"(w1), "+v"(w2), "+v"(w3)); /* in registers, loaded once per k */  \
             for (int r = 0; r < MR; r++) {                                                                   \
                 __m512 b = _mm512_set1_ps(xr[(size_t)r * ldx + k]);                                          \
                 acc[r][0] = _mm512_fmadd_ps(b, w0, acc[r][0]);                                               \
@@ -175,6 +176,8 @@ DENSE_KERNEL(f32_1, 1, float, LOAD_F32)
 DENSE_KERNEL(f32_2, 2, float, LOAD_F32)
 DENSE_KERNEL(f32_3, 3, float, LOAD_F32)
 DENSE_KERNEL(f32_4, 4, float, LOAD_F32)
+DENSE_KERNEL(f32_5, 5, float, LOAD_F32)
+DENSE_KERNEL(f32_6, 6, float, LOAD_F32)
 #if !defined(__AVX512BF16__)
 DENSE_KERNEL(bf16_1, 1, uint16_t, LOAD_BF16)
 DENSE_KERNEL(bf16_2, 2, uint16_t, LOAD_BF16)
@@ -183,7 +186,7 @@ DENSE_KERNEL(bf16_4, 4, uint16_t, LOAD_BF16)
 #endif
 
 typedef void (*dense_fn)(const Linear *, int, const float *, int, int, float *, int, int);
-static const dense_fn F32_KERNELS[5] = {0, f32_1, f32_2, f32_3, f32_4};
+static const dense_fn F32_KERNELS[7] = {0, f32_1, f32_2, f32_3, f32_4, f32_5, f32_6};
 #if !defined(__AVX512BF16__)
 static const dense_fn BF16_KERNELS[5] = {0, bf16_1, bf16_2, bf16_3, bf16_4};
 #endif
@@ -320,20 +323,19 @@ static void linear_share(const Linear *L, const float *x, int ldx, const uint8_t
     (void)q, (void)ldq, (void)xs; /* used by the int8 and bfloat16-pair kernels, where built */
     int p0 = (int)((int64_t)L->n_panels * t / nt), p1 = (int)((int64_t)L->n_panels * (t + 1) / nt);
     for (int p = p0; p < p1; p++) {
-        for (int m0 = 0; m0 < M; m0 += 4) {
-            int mr = M - m0 < 4 ? M - m0 : 4;
-            if (L->fmt == FMT_F32)
-                F32_KERNELS[mr](L, p, x, ldx, m0, out, ldo, act);
-            else if (L->fmt == FMT_BF16) {
+        if (L->fmt == FMT_F32) { /* 6 rows a block: 24 accumulators (the most that fit beside a panel's row) */
+            for (int m0 = 0; m0 < M; m0 += 6) F32_KERNELS[M - m0 < 6 ? M - m0 : 6](L, p, x, ldx, m0, out, ldo, act);
+        } else if (L->fmt == FMT_BF16) {
+            for (int m0 = 0; m0 < M; m0 += 4) {
 #if defined(__AVX512BF16__)
-                BDP_KERNELS[mr](L, p, q, ldq, xs, m0, out, ldo, act);
+                BDP_KERNELS[M - m0 < 4 ? M - m0 : 4](L, p, q, ldq, xs, m0, out, ldo, act);
 #else
-                BF16_KERNELS[mr](L, p, x, ldx, m0, out, ldo, act);
+                BF16_KERNELS[M - m0 < 4 ? M - m0 : 4](L, p, x, ldx, m0, out, ldo, act);
 #endif
             }
+        } else {
 #if defined(__AVX512VNNI__)
-            else
-                I8_KERNELS[mr](L, p, q, ldq, xs, m0, out, ldo, act);
+            for (int m0 = 0; m0 < M; m0 += 4) I8_KERNELS[M - m0 < 4 ? M - m0 : 4](L, p, q, ldq, xs, m0, out, ldo, act);
 #endif
         }
     }

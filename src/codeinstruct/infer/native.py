@@ -299,10 +299,19 @@ class NativeDecoder:
             self.layers,
         )
         self.vocab = self.lm_head.n
+        self.slots, self.max_len, self.rows = runner.k[0].shape[0], runner.max_len, wte.shape[0]
         self.nbytes = sum(x.nbytes for x in self.keep if isinstance(x, PackedLinear))
 
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         b = len(slots)
+        # the C step trusts its indices: out of range, the torch forward would raise, this would write anywhere
+        if not (
+            b
+            and 0 <= min(slots) <= max(slots) < self.slots
+            and 0 <= min(positions) <= max(positions) < self.max_len
+            and 0 <= min(tokens) <= max(tokens) < self.rows
+        ):
+            raise IndexError(f"decode step out of range: slots {slots}, positions {positions}, tokens {tokens}")
         index = torch.tensor([tokens, positions, slots], dtype=torch.int64)
         logits = torch.empty((b, self.vocab), dtype=torch.float32)
         base, stride = index.data_ptr(), b * 8
