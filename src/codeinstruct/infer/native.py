@@ -227,12 +227,8 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 def unsupported(runner, weights: str) -> str | None:
     """Why the native step cannot run this runner's model here (None: it can)."""
-    if library() is None:
-        return "not built here"
     if runner.device.type != "cpu":
         return "not on the CPU"
-    if weights == "int8" and not has_int8():
-        return "int8 needs AVX512-VNNI"
     if weights != "int8" and runner.dtype not in (torch.float32, torch.bfloat16):
         return f"{runner.dtype} weights"
     if runner.activation not in _GELU_TANH:
@@ -242,6 +238,10 @@ def unsupported(runner, weights: str) -> str | None:
     eps = {runner.ln_f[2]} | {e for blk in runner.blocks for e in (blk[0][2], blk[3][2])}
     if len(eps) != 1:
         return "layer norms with different epsilons"
+    if library() is None:  # last: the first call builds it
+        return "not built here"
+    if weights == "int8" and not has_int8():
+        return "int8 needs AVX512-VNNI"
     return None
 
 

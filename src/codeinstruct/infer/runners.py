@@ -6,7 +6,8 @@ in Python than the model costs in arithmetic at this size), over a cache allocat
 [slots, kv_heads, max_len, head_dim]. Its multi-query attention keeps one KV head, so the cache is n_head
 times smaller than a multi-head one; queries of all heads attend to it through a grouped view, never a
 copy. Its matrices run as the model holds them (float32, bfloat16, float16) or, with `weights="int8"`,
-as int8 copies with per-token int8 activations (`_Int8`). Any other causal LM runs through its
+as int8 copies with per-token int8 activations (`_Int8`). On CPUs with AVX-512 its decode steps run in
+one native call instead (infer/native.py) on the same cache. Any other causal LM runs through its
 transformers forward with one cache per sequence.
 """
 
@@ -116,17 +117,21 @@ class _OneDNN:
             return False
 
 
+def _memory_bytes() -> int:
+    """The machine's physical memory (0 where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _dense_layer(weights: list[torch.Tensor], batch: int):
     """How a runner in the model's own dtype multiplies: oneDNN where it runs (its blocked copies of the
     matrices when they take at most a quarter of the machine's memory, else in place), else F.linear."""
     if not _OneDNN.usable(weights[0]):
         return _Dense
     size = sum(w.numel() * w.element_size() for w in weights)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = 0
-    pack = 0 < size <= memory // 4
+    pack = 0 < size <= _memory_bytes() // 4
     return lambda weight, bias: _OneDNN(weight, bias, pack=pack, batch=batch)
 
 
@@ -274,11 +279,7 @@ class GPTBigCodeRunner:
         if why is None:
             per_weight = {"int8": 1, "dense": self.wte.element_size()}[weights]
             matrices = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".weight") and p.dim() == 2)
-            try:
-                memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            except (ValueError, OSError, AttributeError):
-                memory = 0
-            if matrices * per_weight > memory // 4:
+            if matrices * per_weight > _memory_bytes() // 4:
                 why = "its packed copy would take over a quarter of the memory"
         if why is not None:
             log.debug("native decode step not used: %s", why)
