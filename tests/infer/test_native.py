@@ -18,6 +18,19 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="the native ste
 FORMATS = {"float32": native.F32, "bfloat16": native.BF16, "int8": native.I8}
 
 
+@pytest.fixture(params=["host", "avx2"], autouse=True)
+def kernels(request, monkeypatch):
+    """Every test twice: the library built for this CPU, and built for AVX2 only (-march=haswell: the kernels of
+    CPUs without AVX-512, which this one runs too)."""
+    if request.param == "avx2":
+        lib = native.build("haswell")
+        if lib is None or native.library().ci_features() & 8 == 0:
+            pytest.skip("the host build is the AVX2 one already, or no AVX2 build here")
+        assert lib.ci_features() & 8 == 0 and lib.ci_panel() == 32
+        monkeypatch.setattr(native, "_LIB", lib)
+    return request.param
+
+
 def _int8_ready(name: str) -> None:
     if name == "int8" and not native.has_int8():
         pytest.skip("int8 needs AVX512-VNNI")

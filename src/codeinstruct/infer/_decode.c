@@ -1,25 +1,27 @@
 /* One decode step of a GPTBigCode model on the CPU, every layer in one call: codeinstruct's native path.
  *
  * Built at run time by infer/native.py (the host's C compiler, -O3 -march=native -fopenmp) and called
- * through ctypes; the weights stay in tensors the Python side owns and packs. Used where the compiler
- * targets AVX-512 (F, BW; VNNI for int8 weights), else the torch forward runs as before.
+ * through ctypes; the weights stay in tensors the Python side owns and packs. Two sets of kernels: AVX-512
+ * (F, BW; int8 with VNNI, bfloat16 pairs with BF16) and AVX2 + FMA (float32 and bfloat16); on other CPUs
+ * nothing is built and the torch forward runs as before.
  *
  * Why it exists: at batch 1-32 a decode step is a chain of small matrix-vector products whose cost on
  * two cores was the call, not the arithmetic (torch/oneDNN take 15-20 us per product at 256 wide), and
  * oneDNN's products streamed weights at ~40 GB/s where the memory gives more.
  *
  * Every output element of a product is one fixed chain: zero, then one fused multiply-add per input
- * element in order, then the bias. Rows are computed the same whatever rows are beside them and however
- * the columns are split among threads, so a sequence decodes the same tokens alone or in a batch.
- * int8 products are exact in int32, so any order gives the same sums.
+ * element (or pair, or quad) in order, then the bias. Rows are computed the same whatever rows are beside
+ * them and however the columns are split among threads, so a sequence decodes the same tokens alone or
+ * in a batch. int8 products are exact in int32, so any order gives the same sums.
  *
- * Matrices are packed by the caller in panels of 64 output columns:
- *   float32 / bfloat16: [n_panels][k][64]
- *   int8:               [n_panels][k / 4][64][4] (k padded to a multiple of 4 with zero weights)
- *   bfloat16 where the CPU has AVX512-BF16 (ci_features() & 4): [n_panels][k / 2][64][2], multiplied by
- *   rows rounded to bfloat16 (vdpbf16ps, as oneDNN multiplies bfloat16), else [n_panels][k][64] against
+ * Matrices are packed by the caller in panels of PANEL output columns (ci_panel(): 64 with AVX-512, 32
+ * with AVX2):
+ *   float32 / bfloat16: [n_panels][k][PANEL]
+ *   int8:               [n_panels][k / 4][PANEL][4] (k padded to a multiple of 4 with zero weights)
+ *   bfloat16 where the CPU has AVX512-BF16 (ci_features() & 4): [n_panels][k / 2][PANEL][2], multiplied by
+ *   rows rounded to bfloat16 (vdpbf16ps, as oneDNN multiplies bfloat16), else [n_panels][k][PANEL] against
  *   float32 rows
- * with biases padded to n_panels * 64.
+ * with biases padded to n_panels * PANEL. Widths (embedding, inner, head) are multiples of 16.
  */
 #include <math.h>
 #include <omp.h>
@@ -27,13 +29,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define CI_AVX512 1
+#define PANEL 64
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CI_AVX2 1
+#define PANEL 32
+#endif
+#if defined(CI_AVX512) || defined(CI_AVX2)
 #include <immintrin.h>
 #endif
 
 enum { FMT_F32 = 0, FMT_BF16 = 1, FMT_I8 = 2 };
 enum { ACT_NONE = 0, ACT_GELU_TANH = 1 };
-#define PANEL 64
 
 typedef struct {
     int32_t fmt, k, n, n_panels, kp; /* kp: packed rows (int8: k / 4, bfloat16 pairs: k / 2, rounded up) */
@@ -60,31 +68,31 @@ typedef struct {
     const Layer *layers;
 } Model;
 
+/* 1: the step is built (AVX-512 F+BW, or AVX2+FMA); 2: int8 products (AVX512-VNNI); 4: bfloat16 pairs
+ * (AVX512-BF16); 8: the AVX-512 kernels */
 int ci_features(void) {
     int f = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    f |= 1;
+#if defined(CI_AVX512)
+    f |= 1 | 8;
 #if defined(__AVX512VNNI__)
     f |= 2;
 #endif
 #if defined(__AVX512BF16__)
     f |= 4;
 #endif
+#elif defined(CI_AVX2)
+    f |= 1;
 #endif
     return f;
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-
-static inline __m512 load_bf16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+/* output columns per packed panel (the caller packs to it) */
+int ci_panel(void) {
+#if defined(PANEL)
+    return PANEL;
+#else
+    return 0;
+#endif
 }
 
 static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch converts */
@@ -93,6 +101,21 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
+}
+
+#if defined(CI_AVX512) || defined(CI_AVX2)
+static void store_act(void *base, size_t i, const float *src, int n, int dtype) {
+    if (dtype == FMT_F32)
+        memcpy((float *)base + i, src, (size_t)n * 4);
+    else
+        for (int j = 0; j < n; j++) ((uint16_t *)base)[i + j] = f32_to_bf16(src[j]);
+}
+#endif
+
+#if defined(CI_AVX512)
+
+static inline __m512 load_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
 /* e^x (cephes' single-precision polynomial, within ~2 ulp) */
@@ -364,13 +387,6 @@ static inline __m512 load_act(const void *base, size_t i, int dtype) {
     return dtype == FMT_F32 ? _mm512_loadu_ps((const float *)base + i) : load_bf16((const uint16_t *)base + i);
 }
 
-static void store_act(void *base, size_t i, const float *src, int n, int dtype) {
-    if (dtype == FMT_F32)
-        memcpy((float *)base + i, src, (size_t)n * 4);
-    else
-        for (int j = 0; j < n; j++) ((uint16_t *)base)[i + j] = f32_to_bf16(src[j]);
-}
-
 /* one head of one row: q [D] against the slot's keys/values at positions 0..pos -> out [D] */
 static void attend(const Model *m, const float *q, const void *kc, const void *vc, size_t base, int pos, float *scores,
                    float *out) {
@@ -405,6 +421,190 @@ static void attend(const Model *m, const float *q, const void *kc, const void *v
     }
 }
 
+/* x = wte[token] + wpe[position] */
+static void embed_row(const Model *m, int64_t token, int64_t position, float *x) {
+    for (int i = 0; i < m->embed; i += 16) {
+        __m512 a = load_act(m->wte, (size_t)token * m->embed + i, m->act_dtype);
+        __m512 p = load_act(m->wpe, (size_t)position * m->embed + i, m->act_dtype);
+        _mm512_storeu_ps(x + i, _mm512_add_ps(a, p));
+    }
+}
+
+static void add_row(float *x, const float *t, int n) {
+    for (int i = 0; i < n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(t + i)));
+}
+
+#elif defined(CI_AVX2)
+/* AVX2 + FMA (no AVX-512): float32 and bfloat16 weights (widened to float32), panels of 32 columns;
+ * int8 stays on the torch path (ci_features() & 2 is unset). */
+
+static inline __m256 load_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static inline float hsum256(__m256 v) { /* a fixed order: lanes 0+4, 1+5, ... then pairs */
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/* e^x (cephes' polynomial as in the AVX-512 path; 2^n built in the exponent bits) */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654475f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 gelu_tanh256(__m256 x) {
+    const __m256 c = _mm256_set1_ps(0.7978845608028654f);
+    __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    __m256 u = _mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
+    __m256 e = exp256(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+static inline void epilogue(__m256 v, const Linear *L, int col, float *out, int valid, int act) {
+    if (L->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(L->bias + col));
+    if (act == ACT_GELU_TANH) v = gelu_tanh256(v);
+    int left = valid - (col % PANEL);
+    if (left >= 8)
+        _mm256_storeu_ps(out, v);
+    else if (left > 0)
+        _mm256_maskstore_ps(out, _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
+}
+
+/* rows m0..m0+MR of x times panel p: 4 vectors of 8 columns, one fused multiply-add chain per output */
+#define DENSE_KERNEL(NAME, MR, WTYPE, LOADW)                                                                    \
+    static void NAME(const Linear *L, int p, const float *x, int ldx, int m0, float *out, int ldo, int act) { \
+        const WTYPE *w = (const WTYPE *)L->w + (size_t)p * L->k * PANEL;                                     \
+        __m256 acc[MR][4];                                                                                   \
+        for (int r = 0; r < MR; r++)                                                                         \
+            for (int j = 0; j < 4; j++) acc[r][j] = _mm256_setzero_ps();                                     \
+        const float *xr = x + (size_t)m0 * ldx;                                                              \
+        for (int k = 0; k < L->k; k++, w += PANEL) {                                                         \
+            __m256 w0 = LOADW(w), w1 = LOADW(w + 8), w2 = LOADW(w + 16), w3 = LOADW(w + 24);                 \
+            __asm__("" : "+x"(w0), "+x"(w1), "+x"(w2), "+x"(w3));                                            \
+            for (int r = 0; r < MR; r++) {                                                                   \
+                __m256 b = _mm256_broadcast_ss(xr + (size_t)r * ldx + k);                                    \
+                acc[r][0] = _mm256_fmadd_ps(b, w0, acc[r][0]);                                               \
+                acc[r][1] = _mm256_fmadd_ps(b, w1, acc[r][1]);                                               \
+                acc[r][2] = _mm256_fmadd_ps(b, w2, acc[r][2]);                                               \
+                acc[r][3] = _mm256_fmadd_ps(b, w3, acc[r][3]);                                               \
+            }                                                                                                \
+        }                                                                                                    \
+        int col = p * PANEL;                                                                                 \
+        for (int r = 0; r < MR; r++)                                                                         \
+            for (int j = 0; j < 4; j++)                                                                      \
+                epilogue(acc[r][j], L, col + 8 * j, out + (size_t)(m0 + r) * ldo + col + 8 * j, L->n - p * PANEL, act); \
+    }
+
+#define LOAD_F32(p) _mm256_loadu_ps(p)
+#define LOAD_BF16(p) load_bf16(p)
+DENSE_KERNEL(f32_1, 1, float, LOAD_F32)
+DENSE_KERNEL(f32_2, 2, float, LOAD_F32)
+DENSE_KERNEL(bf16_1, 1, uint16_t, LOAD_BF16)
+DENSE_KERNEL(bf16_2, 2, uint16_t, LOAD_BF16)
+
+static int needs_prep(int fmt) {
+    (void)fmt;
+    return 0;
+}
+
+static void prep_row(const Linear *L, const float *x, uint8_t *q, float *scale) { (void)L, (void)x, (void)q, (void)scale; }
+
+static void linear_share(const Linear *L, const float *x, int ldx, const uint8_t *q, int ldq, const float *xs,
+                         int M, float *out, int ldo, int act, int t, int nt) {
+    (void)q, (void)ldq, (void)xs;
+    int p0 = (int)((int64_t)L->n_panels * t / nt), p1 = (int)((int64_t)L->n_panels * (t + 1) / nt);
+    for (int p = p0; p < p1; p++)
+        for (int m0 = 0; m0 < M; m0 += 2) { /* 2 rows a block: 8 accumulators beside the panel's row */
+            if (L->fmt == FMT_F32)
+                (M - m0 < 2 ? f32_1 : f32_2)(L, p, x, ldx, m0, out, ldo, act);
+            else
+                (M - m0 < 2 ? bf16_1 : bf16_2)(L, p, x, ldx, m0, out, ldo, act);
+        }
+}
+
+static void layer_norm(const float *x, int n, const float *w, const float *b, float eps, float *y) {
+    __m256 s = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + i));
+    float mean = hsum256(s) / (float)n;
+    __m256 mv = _mm256_set1_ps(mean), v = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv);
+        v = _mm256_fmadd_ps(d, d, v);
+    }
+    __m256 rv = _mm256_set1_ps(1.0f / sqrtf(hsum256(v) / (float)n + eps));
+    for (int i = 0; i < n; i += 8) {
+        __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), rv);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+    }
+}
+
+static inline __m256 load_act(const void *base, size_t i, int dtype) {
+    return dtype == FMT_F32 ? _mm256_loadu_ps((const float *)base + i) : load_bf16((const uint16_t *)base + i);
+}
+
+static void attend(const Model *m, const float *q, const void *kc, const void *vc, size_t base, int pos, float *scores,
+                   float *out) {
+    int d = m->head_dim, dt = m->act_dtype;
+    float best = -INFINITY;
+    for (int t = 0; t <= pos; t++) {
+        __m256 a = _mm256_setzero_ps();
+        for (int i = 0; i < d; i += 8)
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_act(kc, base + (size_t)t * d + i, dt), a);
+        scores[t] = hsum256(a) * m->scale;
+        best = scores[t] > best ? scores[t] : best;
+    }
+    __m256 bv = _mm256_set1_ps(best), sum = _mm256_setzero_ps();
+    int t = 0;
+    for (; t + 8 <= pos + 1; t += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + t), bv));
+        _mm256_storeu_ps(scores + t, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float total = hsum256(sum);
+    for (; t <= pos; t++) { /* the tail, one at a time (the same exp, lane 0) */
+        float e = _mm256_cvtss_f32(exp256(_mm256_set1_ps(scores[t] - best)));
+        scores[t] = e;
+        total += e;
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / total);
+    for (int i = 0; i < d; i += 8) {
+        __m256 o = _mm256_setzero_ps();
+        for (int s = 0; s <= pos; s++)
+            o = _mm256_fmadd_ps(_mm256_set1_ps(scores[s]), load_act(vc, base + (size_t)s * d + i, dt), o);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(o, inv));
+    }
+}
+
+static void embed_row(const Model *m, int64_t token, int64_t position, float *x) {
+    for (int i = 0; i < m->embed; i += 8) {
+        __m256 a = load_act(m->wte, (size_t)token * m->embed + i, m->act_dtype);
+        __m256 p = load_act(m->wpe, (size_t)position * m->embed + i, m->act_dtype);
+        _mm256_storeu_ps(x + i, _mm256_add_ps(a, p));
+    }
+}
+
+static void add_row(float *x, const float *t, int n) {
+    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(t + i)));
+}
+#endif
+
+#if defined(CI_AVX512) || defined(CI_AVX2)
+
 /* ------------------------------------------------------------------ the step */
 
 int ci_decode(const Model *m, int B, const int64_t *tokens, const int64_t *positions, const int64_t *slots,
@@ -430,12 +630,7 @@ int ci_decode(const Model *m, int B, const int64_t *tokens, const int64_t *posit
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
         float *my_scores = scores + (size_t)t * (m->max_len + 16);
 #pragma omp for schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < E; i += 16) {
-                __m512 a = load_act(m->wte, (size_t)tokens[b] * E + i, m->act_dtype);
-                __m512 p = load_act(m->wpe, (size_t)positions[b] * E + i, m->act_dtype);
-                _mm512_storeu_ps(x + (size_t)b * E + i, _mm512_add_ps(a, p));
-            }
+        for (int b = 0; b < B; b++) embed_row(m, tokens[b], positions[b], x + (size_t)b * E);
         for (int l = 0; l < m->n_layer; l++) {
             const Layer *L = m->layers + l;
 #pragma omp for schedule(static)
@@ -474,9 +669,8 @@ int ci_decode(const Model *m, int B, const int64_t *tokens, const int64_t *posit
 #pragma omp barrier
 #pragma omp for schedule(static)
             for (int b = 0; b < B; b++) {
-                float *xb = x + (size_t)b * E, *tb = tmp + (size_t)b * E;
-                for (int i = 0; i < E; i += 16)
-                    _mm512_storeu_ps(xb + i, _mm512_add_ps(_mm512_loadu_ps(xb + i), _mm512_loadu_ps(tb + i)));
+                float *xb = x + (size_t)b * E;
+                add_row(xb, tmp + (size_t)b * E, E);
                 layer_norm(xb, E, L->ln2_w, L->ln2_b, m->eps, h + (size_t)b * E);
                 if (quant) prep_row(&L->fc, h + (size_t)b * E, qbuf + (size_t)b * ldq, xs + b);
             }
@@ -490,11 +684,7 @@ int ci_decode(const Model *m, int B, const int64_t *tokens, const int64_t *posit
             linear_share(&L->mlp_proj, f, I, qbuf, ldq, xs, B, tmp, E, ACT_NONE, t, T);
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (int b = 0; b < B; b++) {
-                float *xb = x + (size_t)b * E, *tb = tmp + (size_t)b * E;
-                for (int i = 0; i < E; i += 16)
-                    _mm512_storeu_ps(xb + i, _mm512_add_ps(_mm512_loadu_ps(xb + i), _mm512_loadu_ps(tb + i)));
-            }
+            for (int b = 0; b < B; b++) add_row(x + (size_t)b * E, tmp + (size_t)b * E, E);
         }
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
@@ -531,7 +721,7 @@ int ci_linear(const Linear *L, const float *x, int M, float *out, int act, int n
     return 0;
 }
 
-#else /* no AVX-512 in this build: the torch forward runs instead */
+#else /* neither AVX-512 nor AVX2 in this build: the torch forward runs instead */
 
 int ci_decode(const Model *m, int B, const int64_t *tokens, const int64_t *positions, const int64_t *slots,
               float *logits, int nt) {

@@ -1,8 +1,9 @@
-"""The native decode step of GPTBigCode on AVX-512 CPUs (`_decode.c`), built on first use and called through ctypes.
+"""The native decode step of GPTBigCode on x86 CPUs (`_decode.c`), built on first use and called through ctypes.
 
 A decode step (one new token for each of B sequences) goes through every layer in one C call on the
-torch thread pool's cores: products on weights packed once into panels of 64 output columns (float32,
-bfloat16, or int8 with VNNI), layer norms, multi-query attention over the runner's own KV cache, GELU.
+torch thread pool's cores: products on weights packed once into panels of output columns (float32,
+bfloat16, or int8 with AVX512-VNNI), layer norms, multi-query attention over the runner's own KV cache,
+GELU. Kernels for AVX-512 and for AVX2 + FMA (float32 and bfloat16 there; int8 stays on torch).
 At batch 1-32 on two cores this is where torch spent its time in calls rather than arithmetic, and the
 kernels stream the weights faster than oneDNN's. Prefill stays on the torch forward (oneDNN's products
 are faster there); both write the same cache.
@@ -11,8 +12,10 @@ A row's result never depends on the rows beside it (each output is one fixed cha
 multiply-adds; int8 sums are exact), so a sequence decodes the same alone or in a batch.
 
 The library is compiled once per source and CPU with the host's C compiler (`cc`, or `$CC`) into
-`$CODEINSTRUCT_CACHE/native` (default `~/.cache/codeinstruct/native`) and reused; without a compiler, on a
-CPU without AVX-512, or with `CODEINSTRUCT_NATIVE=0`, the torch forward runs instead, unchanged.
+`$CODEINSTRUCT_CACHE/native` (default `~/.cache/codeinstruct/native`) and reused, for the host's CPU
+(`-march=native`; `CODEINSTRUCT_NATIVE_MARCH` names another target, e.g. `haswell` for a library that
+also runs on older CPUs); without a compiler, on a CPU with neither AVX-512 nor AVX2, or with
+`CODEINSTRUCT_NATIVE=0`, the torch forward runs instead, unchanged.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_decode.c")
-PANEL = 64
 F32, BF16, I8 = 0, 1, 2
 ACT_GELU_TANH = 1
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")  # tanh-approximated GELU (gelu_fast: same formula)
@@ -115,16 +117,19 @@ def library() -> ctypes.CDLL | None:
     """The compiled library, built on first use; None where it cannot be built or used here."""
     global _LIB
     if _LIB is False:
-        _LIB = _load() if _enabled() else None
+        _LIB = build() if _enabled() else None
     return _LIB
 
 
-def _load() -> ctypes.CDLL | None:
+def build(march: str | None = None) -> ctypes.CDLL | None:
+    """The library compiled for `march` (default `$CODEINSTRUCT_NATIVE_MARCH` or the host's CPU, "native"),
+    from the cache when it is there; None where it cannot be built or has no kernels for that target."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler or not SOURCE.is_file():
         log.info("native decode off: no C compiler")
         return None
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    march = march or os.environ.get("CODEINSTRUCT_NATIVE_MARCH") or "native"
+    flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC"]
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"decode-{key}.so"
     if not target.is_file():
@@ -148,13 +153,14 @@ def _load() -> ctypes.CDLL | None:
         log.info("native decode off: %s", err)
         return None
     lib.ci_features.restype = ctypes.c_int
+    lib.ci_panel.restype = ctypes.c_int
     lib.ci_decode.restype = ctypes.c_int
     lib.ci_decode.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int]
     lib.ci_linear.restype = ctypes.c_int
     lib.ci_linear.argtypes = [ctypes.POINTER(_Linear), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     lib.ci_linear.argtypes += [ctypes.c_int, ctypes.c_int]
     if not lib.ci_features() & 1:
-        log.info("native decode off: this CPU (or compiler) has no AVX-512")
+        log.info("native decode off: this CPU (or compiler) has neither AVX-512 nor AVX2")
         return None
     return lib
 
@@ -177,8 +183,9 @@ class PackedLinear:
         n, k = weight.shape
         if k % 16:
             raise ValueError(f"native products need inputs in multiples of 16, not {k}")
-        panels = -(-n // PANEL)
-        padded = panels * PANEL
+        panel = library().ci_panel()
+        panels = -(-n // panel)
+        padded = panels * panel
         w = weight.detach()
         self.scale = self.wsum = None
         k4 = 0
@@ -186,17 +193,17 @@ class PackedLinear:
             q, scale = quantize_rows(w.float())
             k4 = -(-k // 4)
             q = torch.nn.functional.pad(q, (0, 4 * k4 - k, 0, padded - n))
-            self.packed = q.view(panels, PANEL, k4, 4).permute(0, 2, 1, 3).contiguous()
+            self.packed = q.view(panels, panel, k4, 4).permute(0, 2, 1, 3).contiguous()
             self.scale = torch.nn.functional.pad(scale.float(), (0, padded - n)).contiguous()
             self.wsum = (128 * q.to(torch.int32).sum(1)).to(torch.int32).contiguous()
         elif fmt == BF16 and library().ci_features() & 4:  # pairs of inputs, for AVX512-BF16's dot products
             k4 = -(-k // 2)
             w = torch.nn.functional.pad(w.to(torch.bfloat16), (0, 2 * k4 - k, 0, padded - n))
-            self.packed = w.view(panels, PANEL, k4, 2).permute(0, 2, 1, 3).contiguous()
+            self.packed = w.view(panels, panel, k4, 2).permute(0, 2, 1, 3).contiguous()
         else:
             dtype = torch.float32 if fmt == F32 else torch.bfloat16
             w = torch.nn.functional.pad(w.to(dtype), (0, 0, 0, padded - n))
-            self.packed = w.view(panels, PANEL, k).transpose(1, 2).contiguous()
+            self.packed = w.view(panels, panel, k).transpose(1, 2).contiguous()
         self.bias = None
         if bias is not None:
             self.bias = torch.nn.functional.pad(bias.detach().float(), (0, padded - n)).contiguous()
