@@ -112,75 +112,115 @@ static void store_act(void *base, size_t i, const float *src, int n, int dtype) 
 }
 #endif
 
+/* ------------------------------------------------------- vector primitives: the one ISA-specific layer */
 #if defined(CI_AVX512)
 
-static inline __m512 load_bf16(const uint16_t *p) {
+typedef __m512 vf;
+#define VW 16 /* lanes */
+#define V_REG "v"
+#define v_zero _mm512_setzero_ps
+#define v_load _mm512_loadu_ps
+#define v_store _mm512_storeu_ps
+#define v_set1 _mm512_set1_ps
+#define v_add _mm512_add_ps
+#define v_sub _mm512_sub_ps
+#define v_mul _mm512_mul_ps
+#define v_div _mm512_div_ps
+#define v_min _mm512_min_ps
+#define v_max _mm512_max_ps
+#define v_fma _mm512_fmadd_ps
+#define v_fnma _mm512_fnmadd_ps
+#define v_hsum _mm512_reduce_add_ps /* a fixed order, as every reduction here */
+#define v_round(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define v_pow2(p, n) _mm512_scalef_ps(p, n) /* p * 2^n */
+
+static inline vf v_load_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
+static inline __mmask16 first(int n) { return (__mmask16)((1u << n) - 1u); } /* the first n < 16 lanes */
+static inline vf v_load_first(const float *p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+static inline void v_store_first(float *p, vf v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
+static inline vf v_keep_first(vf v, int n) { return _mm512_maskz_mov_ps(first(n), v); }
+
+#elif defined(CI_AVX2)
+
+typedef __m256 vf;
+#define VW 8
+#define V_REG "x"
+#define v_zero _mm256_setzero_ps
+#define v_load _mm256_loadu_ps
+#define v_store _mm256_storeu_ps
+#define v_set1 _mm256_set1_ps
+#define v_add _mm256_add_ps
+#define v_sub _mm256_sub_ps
+#define v_mul _mm256_mul_ps
+#define v_div _mm256_div_ps
+#define v_min _mm256_min_ps
+#define v_max _mm256_max_ps
+#define v_fma _mm256_fmadd_ps
+#define v_fnma _mm256_fnmadd_ps
+#define v_round(x) _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+static inline float v_hsum(vf v) { /* a fixed order: lanes 0+4, 1+5, ... then pairs */
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+static inline vf v_pow2(vf p, vf n) { /* p * 2^n, 2^n built in the exponent bits (n in [-126, 127]) */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+static inline vf v_load_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline __m256i first(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+static inline vf v_load_first(const float *p, int n) { return _mm256_maskload_ps(p, first(n)); }
+static inline void v_store_first(float *p, vf v, int n) { _mm256_maskstore_ps(p, first(n), v); }
+static inline vf v_keep_first(vf v, int n) { return _mm256_and_ps(v, _mm256_castsi256_ps(first(n))); }
+
+#endif
+
+#if defined(CI_AVX512) || defined(CI_AVX2)
 
 /* e^x (cephes' single-precision polynomial, within ~2 ulp) */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.33654475f)), _mm512_set1_ps(88.37626267f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
+static inline vf v_exp(vf x) {
+    x = v_min(v_max(x, v_set1(-87.33654475f)), v_set1(88.0f));
+    vf n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
+    vf r = v_fnma(n, v_set1(0.693359375f), x);
+    r = v_fnma(n, v_set1(-2.12194440e-4f), r);
+    vf p = v_set1(1.9875691500e-4f);
+    p = v_fma(p, r, v_set1(1.3981999507e-3f));
+    p = v_fma(p, r, v_set1(8.3334519073e-3f));
+    p = v_fma(p, r, v_set1(4.1665795894e-2f));
+    p = v_fma(p, r, v_set1(1.6666665459e-1f));
+    p = v_fma(p, r, v_set1(5.0000001201e-1f));
+    p = v_fma(p, v_mul(r, r), v_add(r, v_set1(1.0f)));
+    return v_pow2(p, n);
 }
 
 /* gelu with the tanh approximation: 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)) */
-static inline __m512 gelu_tanh512(__m512 x) {
-    const __m512 c = _mm512_set1_ps(0.7978845608028654f);
-    __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-    __m512 u = _mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
-    __m512 e = exp512(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
-    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+static inline vf v_gelu_tanh(vf x) {
+    vf x3 = v_mul(v_mul(x, x), x);
+    vf u = v_mul(v_set1(0.7978845608028654f), v_fma(v_set1(0.044715f), x3, x));
+    return v_div(x, v_add(v_set1(1.0f), v_exp(v_mul(v_set1(-2.0f), u))));
+}
+
+static inline vf load_act(const void *base, size_t i, int dtype) {
+    return dtype == FMT_F32 ? v_load((const float *)base + i) : v_load_bf16((const uint16_t *)base + i);
 }
 
 /* ---------------------------------------------------------------- products */
 
-static inline void epilogue(__m512 v, const Linear *L, int col, float *out, int valid, int act) {
-    if (L->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(L->bias + col));
-    if (act == ACT_GELU_TANH) v = gelu_tanh512(v);
+static inline void epilogue(vf v, const Linear *L, int col, float *out, int valid, int act) {
+    if (L->bias) v = v_add(v, v_load(L->bias + col));
+    if (act == ACT_GELU_TANH) v = v_gelu_tanh(v);
     int left = valid - (col % PANEL);
-    if (left >= 16)
-        _mm512_storeu_ps(out, v);
+    if (left >= VW)
+        v_store(out, v);
     else if (left > 0)
-        _mm512_mask_storeu_ps(out, (__mmask16)((1u << left) - 1u), v);
+        v_store_first(out, v, left);
 }
-
-/* rows m0..m0+MR of x [., ldx] times panel p, into out [., ldo] */
-#define DENSE_KERNEL(NAME, MR, WTYPE, LOADW)                                                                    \
-    static void NAME(const Linear *L, int p, const float *x, int ldx, int m0, float *out, int ldo, int act) { \
-        const WTYPE *w = (const WTYPE *)L->w + (size_t)p * L->k * PANEL;                                     \
-        __m512 acc[MR][4];                                                                                   \
-        for (int r = 0; r < MR; r++)                                                                         \
-            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();                                     \
-        const float *xr = x + (size_t)m0 * ldx;                                                              \
-        for (int k = 0; k < L->k; k++, w += PANEL) {                                                         \
-            PREFETCH(w);                                                                                     \
-            __m512 w0 = LOADW(w), w1 = LOADW(w + 16), w2 = LOADW(w + 32), w3 = LOADW(w + 48);                \
-            __asm__("" : "+v"(w0), "+v"(w1), "+v"(w2), "+v"(w3)); /* in registers, loaded once per k */  \
-            for (int r = 0; r < MR; r++) {                                                                   \
-                __m512 b = _mm512_set1_ps(xr[(size_t)r * ldx + k]);                                          \
-                acc[r][0] = _mm512_fmadd_ps(b, w0, acc[r][0]);                                               \
-                acc[r][1] = _mm512_fmadd_ps(b, w1, acc[r][1]);                                               \
-                acc[r][2] = _mm512_fmadd_ps(b, w2, acc[r][2]);                                               \
-                acc[r][3] = _mm512_fmadd_ps(b, w3, acc[r][3]);                                               \
-            }                                                                                                \
-        }                                                                                                    \
-        int col = p * PANEL;                                                                                 \
-        for (int r = 0; r < MR; r++)                                                                         \
-            for (int j = 0; j < 4; j++)                                                                      \
-                epilogue(acc[r][j], L, col + 16 * j, out + (size_t)(m0 + r) * ldo + col + 16 * j, L->n - p * PANEL, act); \
-    }
 
 #ifndef PF_DIST
 #define PF_DIST 16
@@ -188,29 +228,52 @@ static inline void epilogue(__m512 v, const Linear *L, int col, float *out, int 
 #define PREFETCH(p)                                                                    \
     do {                                                                               \
         const char *a_ = (const char *)((p) + PF_DIST * PANEL);                        \
-        _mm_prefetch(a_, _MM_HINT_T0);                                                 \
-        _mm_prefetch(a_ + 64, _MM_HINT_T0);                                            \
-        _mm_prefetch(a_ + 128, _MM_HINT_T0);                                           \
-        _mm_prefetch(a_ + 192, _MM_HINT_T0);                                           \
+        for (int l_ = 0; l_ < PANEL * (int)sizeof(*(p)); l_ += 64)                     \
+            _mm_prefetch(a_ + l_, _MM_HINT_T0);                                        \
     } while (0)
-#define LOAD_F32(p) _mm512_loadu_ps(p)
-#define LOAD_BF16(p) load_bf16(p)
+
+/* rows m0..m0+MR of x [., ldx] times panel p (4 vectors wide), into out [., ldo] */
+#define DENSE_KERNEL(NAME, MR, WTYPE, LOADW)                                                                    \
+    static void NAME(const Linear *L, int p, const float *x, int ldx, int m0, float *out, int ldo, int act) { \
+        const WTYPE *w = (const WTYPE *)L->w + (size_t)p * L->k * PANEL;                                     \
+        vf acc[MR][4];                                                                                       \
+        for (int r = 0; r < MR; r++)                                                                         \
+            for (int j = 0; j < 4; j++) acc[r][j] = v_zero();                                                \
+        const float *xr = x + (size_t)m0 * ldx;                                                              \
+        for (int k = 0; k < L->k; k++, w += PANEL) {                                                         \
+            PREFETCH(w);                                                                                     \
+            vf w0 = LOADW(w), w1 = LOADW(w + VW), w2 = LOADW(w + 2 * VW), w3 = LOADW(w + 3 * VW);            \
+            __asm__("" : "+" V_REG(w0), "+" V_REG(w1), "+" V_REG(w2), "+" V_REG(w3)); /* loaded once per k */ \
+            for (int r = 0; r < MR; r++) {                                                                   \
+                vf b = v_set1(xr[(size_t)r * ldx + k]);                                                      \
+                acc[r][0] = v_fma(b, w0, acc[r][0]);                                                         \
+                acc[r][1] = v_fma(b, w1, acc[r][1]);                                                         \
+                acc[r][2] = v_fma(b, w2, acc[r][2]);                                                         \
+                acc[r][3] = v_fma(b, w3, acc[r][3]);                                                         \
+            }                                                                                                \
+        }                                                                                                    \
+        int col = p * PANEL;                                                                                 \
+        for (int r = 0; r < MR; r++)                                                                         \
+            for (int j = 0; j < 4; j++)                                                                      \
+                epilogue(acc[r][j], L, col + VW * j, out + (size_t)(m0 + r) * ldo + col + VW * j, L->n - col, act); \
+    }
+#define LOAD_F32(p) v_load(p)
+#define LOAD_BF16(p) v_load_bf16(p)
+typedef void (*dense_fn)(const Linear *, int, const float *, int, int, float *, int, int);
+
+#if defined(CI_AVX512)
 DENSE_KERNEL(f32_1, 1, float, LOAD_F32)
 DENSE_KERNEL(f32_2, 2, float, LOAD_F32)
 DENSE_KERNEL(f32_3, 3, float, LOAD_F32)
 DENSE_KERNEL(f32_4, 4, float, LOAD_F32)
 DENSE_KERNEL(f32_5, 5, float, LOAD_F32)
 DENSE_KERNEL(f32_6, 6, float, LOAD_F32)
+static const dense_fn F32_KERNELS[7] = {0, f32_1, f32_2, f32_3, f32_4, f32_5, f32_6};
 #if !defined(__AVX512BF16__)
 DENSE_KERNEL(bf16_1, 1, uint16_t, LOAD_BF16)
 DENSE_KERNEL(bf16_2, 2, uint16_t, LOAD_BF16)
 DENSE_KERNEL(bf16_3, 3, uint16_t, LOAD_BF16)
 DENSE_KERNEL(bf16_4, 4, uint16_t, LOAD_BF16)
-#endif
-
-typedef void (*dense_fn)(const Linear *, int, const float *, int, int, float *, int, int);
-static const dense_fn F32_KERNELS[7] = {0, f32_1, f32_2, f32_3, f32_4, f32_5, f32_6};
-#if !defined(__AVX512BF16__)
 static const dense_fn BF16_KERNELS[5] = {0, bf16_1, bf16_2, bf16_3, bf16_4};
 #endif
 
@@ -305,6 +368,7 @@ static void round_row(const float *x, int k, int kp, uint8_t *q) {
 }
 #endif
 
+/* one row quantized as the torch path does: scale = max(|x|, 1e-12) / 127, q = round(x / scale) + 128 */
 static void quantize_row(const float *x, int k, int kp, uint8_t *q, float *scale) {
     __m512 m = _mm512_setzero_ps();
     for (int i = 0; i < k; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
@@ -337,8 +401,6 @@ static void prep_row(const Linear *L, const float *x, uint8_t *q, float *scale) 
 #endif
 }
 
-/* one row quantized as the torch path does: scale = max(|x|, 1e-12) / 127, q = round(x / scale) + 128 */
-
 /* The columns of thread t's share of L's panels, for M rows; called inside a parallel region. Rows are
  * quantized beforehand (int8). */
 static void linear_share(const Linear *L, const float *x, int ldx, const uint8_t *q, int ldq, const float *xs,
@@ -364,154 +426,8 @@ static void linear_share(const Linear *L, const float *x, int ldx, const uint8_t
     }
 }
 
-/* ------------------------------------------------------------------ pieces */
-
-static void layer_norm(const float *x, int n, const float *w, const float *b, float eps, float *y) {
-    __m512 s = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + i));
-    float mean = _mm512_reduce_add_ps(s) / (float)n;
-    __m512 mv = _mm512_set1_ps(mean), v = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + i), mv);
-        v = _mm512_fmadd_ps(d, d, v);
-    }
-    float rstd = 1.0f / sqrtf(_mm512_reduce_add_ps(v) / (float)n + eps);
-    __m512 rv = _mm512_set1_ps(rstd);
-    for (int i = 0; i < n; i += 16) {
-        __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv), rv);
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(d, _mm512_loadu_ps(w + i), _mm512_loadu_ps(b + i)));
-    }
-}
-
-static inline __m512 load_act(const void *base, size_t i, int dtype) {
-    return dtype == FMT_F32 ? _mm512_loadu_ps((const float *)base + i) : load_bf16((const uint16_t *)base + i);
-}
-
-/* one head of one row: q [D] against the slot's keys/values at positions 0..pos -> out [D] */
-static void attend(const Model *m, const float *q, const void *kc, const void *vc, size_t base, int pos, float *scores,
-                   float *out) {
-    int d = m->head_dim, dt = m->act_dtype;
-    for (int t = 0; t <= pos; t++) {
-        __m512 a = _mm512_setzero_ps();
-        for (int i = 0; i < d; i += 16)
-            a = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load_act(kc, base + (size_t)t * d + i, dt), a);
-        scores[t] = _mm512_reduce_add_ps(a) * m->scale;
-    }
-    float best = -INFINITY;
-    for (int t = 0; t <= pos; t++) best = scores[t] > best ? scores[t] : best;
-    __m512 bv = _mm512_set1_ps(best), sum = _mm512_setzero_ps();
-    int t = 0;
-    for (; t + 16 <= pos + 1; t += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(scores + t), bv));
-        _mm512_storeu_ps(scores + t, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    if (t <= pos) {
-        __mmask16 k = (__mmask16)((1u << (pos + 1 - t)) - 1u);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + t), bv));
-        _mm512_mask_storeu_ps(scores + t, k, e);
-        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
-    }
-    float inv = 1.0f / _mm512_reduce_add_ps(sum);
-    for (int i = 0; i < d; i += 16) {
-        __m512 o = _mm512_setzero_ps();
-        for (int s = 0; s <= pos; s++)
-            o = _mm512_fmadd_ps(_mm512_set1_ps(scores[s]), load_act(vc, base + (size_t)s * d + i, dt), o);
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(o, _mm512_set1_ps(inv)));
-    }
-}
-
-/* x = wte[token] + wpe[position] */
-static void embed_row(const Model *m, int64_t token, int64_t position, float *x) {
-    for (int i = 0; i < m->embed; i += 16) {
-        __m512 a = load_act(m->wte, (size_t)token * m->embed + i, m->act_dtype);
-        __m512 p = load_act(m->wpe, (size_t)position * m->embed + i, m->act_dtype);
-        _mm512_storeu_ps(x + i, _mm512_add_ps(a, p));
-    }
-}
-
-static void add_row(float *x, const float *t, int n) {
-    for (int i = 0; i < n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(t + i)));
-}
-
-#elif defined(CI_AVX2)
-/* AVX2 + FMA (no AVX-512): float32 and bfloat16 weights (widened to float32), panels of 32 columns;
- * int8 stays on the torch path (ci_features() & 2 is unset). */
-
-static inline __m256 load_bf16(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
-static inline float hsum256(__m256 v) { /* a fixed order: lanes 0+4, 1+5, ... then pairs */
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-
-/* e^x (cephes' polynomial as in the AVX-512 path; 2^n built in the exponent bits) */
-static inline __m256 exp256(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654475f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-static inline __m256 gelu_tanh256(__m256 x) {
-    const __m256 c = _mm256_set1_ps(0.7978845608028654f);
-    __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-    __m256 u = _mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
-    __m256 e = exp256(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
-    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-}
-
-static inline void epilogue(__m256 v, const Linear *L, int col, float *out, int valid, int act) {
-    if (L->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(L->bias + col));
-    if (act == ACT_GELU_TANH) v = gelu_tanh256(v);
-    int left = valid - (col % PANEL);
-    if (left >= 8)
-        _mm256_storeu_ps(out, v);
-    else if (left > 0)
-        _mm256_maskstore_ps(out, _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
-}
-
-/* rows m0..m0+MR of x times panel p: 4 vectors of 8 columns, one fused multiply-add chain per output */
-#define DENSE_KERNEL(NAME, MR, WTYPE, LOADW)                                                                    \
-    static void NAME(const Linear *L, int p, const float *x, int ldx, int m0, float *out, int ldo, int act) { \
-        const WTYPE *w = (const WTYPE *)L->w + (size_t)p * L->k * PANEL;                                     \
-        __m256 acc[MR][4];                                                                                   \
-        for (int r = 0; r < MR; r++)                                                                         \
-            for (int j = 0; j < 4; j++) acc[r][j] = _mm256_setzero_ps();                                     \
-        const float *xr = x + (size_t)m0 * ldx;                                                              \
-        for (int k = 0; k < L->k; k++, w += PANEL) {                                                         \
-            __m256 w0 = LOADW(w), w1 = LOADW(w + 8), w2 = LOADW(w + 16), w3 = LOADW(w + 24);                 \
-            __asm__("" : "+x"(w0), "+x"(w1), "+x"(w2), "+x"(w3));                                            \
-            for (int r = 0; r < MR; r++) {                                                                   \
-                __m256 b = _mm256_broadcast_ss(xr + (size_t)r * ldx + k);                                    \
-                acc[r][0] = _mm256_fmadd_ps(b, w0, acc[r][0]);                                               \
-                acc[r][1] = _mm256_fmadd_ps(b, w1, acc[r][1]);                                               \
-                acc[r][2] = _mm256_fmadd_ps(b, w2, acc[r][2]);                                               \
-                acc[r][3] = _mm256_fmadd_ps(b, w3, acc[r][3]);                                               \
-            }                                                                                                \
-        }                                                                                                    \
-        int col = p * PANEL;                                                                                 \
-        for (int r = 0; r < MR; r++)                                                                         \
-            for (int j = 0; j < 4; j++)                                                                      \
-                epilogue(acc[r][j], L, col + 8 * j, out + (size_t)(m0 + r) * ldo + col + 8 * j, L->n - p * PANEL, act); \
-    }
-
-#define LOAD_F32(p) _mm256_loadu_ps(p)
-#define LOAD_BF16(p) load_bf16(p)
+#else /* AVX2: float32 and bfloat16 (widened), 2 rows a block: 8 accumulators beside the panel's row in 16
+       * registers; int8 stays on the torch path (ci_features() & 2 is unset) */
 DENSE_KERNEL(f32_1, 1, float, LOAD_F32)
 DENSE_KERNEL(f32_2, 2, float, LOAD_F32)
 DENSE_KERNEL(bf16_1, 1, uint16_t, LOAD_BF16)
@@ -537,70 +453,69 @@ static void linear_share(const Linear *L, const float *x, int ldx, const uint8_t
         }
 }
 
+#endif
+
+/* ------------------------------------------------------------------ pieces */
+
 static void layer_norm(const float *x, int n, const float *w, const float *b, float eps, float *y) {
-    __m256 s = _mm256_setzero_ps();
-    for (int i = 0; i < n; i += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + i));
-    float mean = hsum256(s) / (float)n;
-    __m256 mv = _mm256_set1_ps(mean), v = _mm256_setzero_ps();
-    for (int i = 0; i < n; i += 8) {
-        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv);
-        v = _mm256_fmadd_ps(d, d, v);
+    vf s = v_zero();
+    for (int i = 0; i < n; i += VW) s = v_add(s, v_load(x + i));
+    vf mv = v_set1(v_hsum(s) / (float)n), v = v_zero();
+    for (int i = 0; i < n; i += VW) {
+        vf d = v_sub(v_load(x + i), mv);
+        v = v_fma(d, d, v);
     }
-    __m256 rv = _mm256_set1_ps(1.0f / sqrtf(hsum256(v) / (float)n + eps));
-    for (int i = 0; i < n; i += 8) {
-        __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), rv);
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+    vf rv = v_set1(1.0f / sqrtf(v_hsum(v) / (float)n + eps));
+    for (int i = 0; i < n; i += VW) {
+        vf d = v_mul(v_sub(v_load(x + i), mv), rv);
+        v_store(y + i, v_fma(d, v_load(w + i), v_load(b + i)));
     }
 }
 
-static inline __m256 load_act(const void *base, size_t i, int dtype) {
-    return dtype == FMT_F32 ? _mm256_loadu_ps((const float *)base + i) : load_bf16((const uint16_t *)base + i);
-}
-
+/* one head of one row: q [D] against the slot's keys/values at positions 0..pos -> out [D] */
 static void attend(const Model *m, const float *q, const void *kc, const void *vc, size_t base, int pos, float *scores,
                    float *out) {
     int d = m->head_dim, dt = m->act_dtype;
     float best = -INFINITY;
     for (int t = 0; t <= pos; t++) {
-        __m256 a = _mm256_setzero_ps();
-        for (int i = 0; i < d; i += 8)
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_act(kc, base + (size_t)t * d + i, dt), a);
-        scores[t] = hsum256(a) * m->scale;
+        vf a = v_zero();
+        for (int i = 0; i < d; i += VW) a = v_fma(v_load(q + i), load_act(kc, base + (size_t)t * d + i, dt), a);
+        scores[t] = v_hsum(a) * m->scale;
         best = scores[t] > best ? scores[t] : best;
     }
-    __m256 bv = _mm256_set1_ps(best), sum = _mm256_setzero_ps();
+    vf bv = v_set1(best), sum = v_zero();
     int t = 0;
-    for (; t + 8 <= pos + 1; t += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + t), bv));
-        _mm256_storeu_ps(scores + t, e);
-        sum = _mm256_add_ps(sum, e);
+    for (; t + VW <= pos + 1; t += VW) {
+        vf e = v_exp(v_sub(v_load(scores + t), bv));
+        v_store(scores + t, e);
+        sum = v_add(sum, e);
     }
-    float total = hsum256(sum);
-    for (; t <= pos; t++) { /* the tail, one at a time (the same exp, lane 0) */
-        float e = _mm256_cvtss_f32(exp256(_mm256_set1_ps(scores[t] - best)));
-        scores[t] = e;
-        total += e;
+    if (t <= pos) {
+        int n = pos + 1 - t;
+        vf e = v_exp(v_sub(v_load_first(scores + t, n), bv));
+        v_store_first(scores + t, e, n);
+        sum = v_add(sum, v_keep_first(e, n));
     }
-    __m256 inv = _mm256_set1_ps(1.0f / total);
-    for (int i = 0; i < d; i += 8) {
-        __m256 o = _mm256_setzero_ps();
-        for (int s = 0; s <= pos; s++)
-            o = _mm256_fmadd_ps(_mm256_set1_ps(scores[s]), load_act(vc, base + (size_t)s * d + i, dt), o);
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(o, inv));
+    vf inv = v_set1(1.0f / v_hsum(sum));
+    for (int i = 0; i < d; i += VW) {
+        vf o = v_zero();
+        for (int s = 0; s <= pos; s++) o = v_fma(v_set1(scores[s]), load_act(vc, base + (size_t)s * d + i, dt), o);
+        v_store(out + i, v_mul(o, inv));
     }
 }
 
+/* x = wte[token] + wpe[position] */
 static void embed_row(const Model *m, int64_t token, int64_t position, float *x) {
-    for (int i = 0; i < m->embed; i += 8) {
-        __m256 a = load_act(m->wte, (size_t)token * m->embed + i, m->act_dtype);
-        __m256 p = load_act(m->wpe, (size_t)position * m->embed + i, m->act_dtype);
-        _mm256_storeu_ps(x + i, _mm256_add_ps(a, p));
+    for (int i = 0; i < m->embed; i += VW) {
+        vf a = load_act(m->wte, (size_t)token * m->embed + i, m->act_dtype);
+        v_store(x + i, v_add(a, load_act(m->wpe, (size_t)position * m->embed + i, m->act_dtype)));
     }
 }
 
 static void add_row(float *x, const float *t, int n) {
-    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(t + i)));
+    for (int i = 0; i < n; i += VW) v_store(x + i, v_add(v_load(x + i), v_load(t + i)));
 }
+
 #endif
 
 #if defined(CI_AVX512) || defined(CI_AVX2)

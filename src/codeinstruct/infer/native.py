@@ -307,7 +307,6 @@ class NativeDecoder:
         )
         self.vocab = self.lm_head.n
         self.slots, self.max_len, self.rows = runner.k[0].shape[0], runner.max_len, wte.shape[0]
-        self.nbytes = sum(x.nbytes for x in self.keep if isinstance(x, PackedLinear))
 
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         b = len(slots)
